@@ -1,0 +1,220 @@
+"""Typed run configs: YAML files plus dotted `key=value` overrides, validated by pydantic.
+
+Every section forbids unknown keys, so a typo such as `train.learning_rat=1e-4` is an
+error naming the key instead of a silently ignored setting. The fully resolved config
+is written to `<output_dir>/config.yaml` by every run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from genrl.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- shared sections
+class SamplerConfig(Section):
+    kind: Literal["ddim", "ddpm"] = "ddim"
+    num_steps: int = Field(20, ge=1)
+    eta: float = Field(1.0, ge=0.0)  # DDIM only: 0 deterministic, 1 DDPM-like variance (DDPO)
+    guidance_scale: float = 1.0  # classifier-free guidance; 1.0 = off
+    final_alpha_one: bool = False  # False keeps the last DDIM step stochastic (as SD/DDPO do)
+    steps_offset: int = 1  # DDIM grid ends at t=1 (SD's scheduler setting)
+
+
+class PromptConfig(Section):
+    source: Literal["shapes", "list"] = "shapes"
+    num_objects: tuple[int, int] = (1, 1)  # shapes: inclusive range of objects per prompt
+    prompts: list[str] = []  # source=list: prompts drawn uniformly
+
+
+class LoraConfig(Section):
+    enabled: bool = True
+    rank: int = Field(4, ge=1)
+    alpha: float = 4.0
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class OptimizerConfig(Section):
+    learning_rate: float = Field(3e-4, gt=0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+
+# ---------------------------------------------------------------- pretraining
+class ShapesDataConfig(Section):
+    image_size: int = 32
+    num_objects: tuple[int, int] = (1, 3)
+
+
+class NetworkConfig(Section):
+    kind: Literal["unet2d", "unet2d_condition", "dit"] = "unet2d_condition"
+    config: dict[str, Any] = {}
+
+
+class TextEncoderConfig(Section):
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    max_length: int = 24
+
+
+class ScheduleConfig(Section):
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    clip_sample: bool = True
+
+
+class PretrainConfig(Section):
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    data: ShapesDataConfig = ShapesDataConfig()
+    network: NetworkConfig = NetworkConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, weight_decay=0.0)
+    max_steps: int = Field(5000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    warmup_steps: int = 200
+    condition_dropout: float = Field(0.1, ge=0.0, le=1.0)  # trains the null prompt for CFG
+    ema_decay: float = 0.999
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    eval_samples: int = 64  # prompt-match share measured at the end (20 DDIM steps)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    resume: bool = False
+
+
+# ---------------------------------------------------------------- RL fine-tuning
+class ModelConfig(Section):
+    path: str = "models/shapes-diffusion"
+
+
+class RewardConfig(Section):
+    name: str = "jpeg_compressibility"
+    kwargs: dict[str, Any] = {}
+
+
+class DDPOConfig(Section):
+    clip_range: float = Field(1e-4, gt=0)
+    adv_clip_max: float = Field(5.0, gt=0)
+    timestep_fraction: float = Field(1.0, gt=0, le=1)
+    num_inner_epochs: int = Field(1, ge=1)
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 32
+    stat_min_count: int = 16
+    kl_coef: float = Field(0.0, ge=0)  # KL to the frozen reference per step (Flow-GRPO form)
+
+
+class TrainConfig(Section):
+    trainer: Literal["ddpo"] = "ddpo"
+    seed: int = 0
+    output_dir: str = "runs/train"
+    resume: bool = False
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    prompts: PromptConfig = PromptConfig()
+    reward: RewardConfig = RewardConfig()
+    metric_rewards: list[str] = ["shapes_alignment"]  # logged beside the reward, not optimised
+    ddpo: DDPOConfig = DDPOConfig()
+    lora: LoraConfig = LoraConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    num_epochs: int = Field(10, ge=1)
+    sample_batch_size: int = Field(16, ge=1)
+    num_sample_batches: int = Field(2, ge=1)  # per epoch (per process)
+    train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)  # minibatches per optimizer step (x trained steps)
+    eval_samples: int = Field(64, ge=1)  # fixed prompts scored before and after training
+    ema_decay: float = 0.0  # 0 disables EMA of the trained weights
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    checkpoint_every: int = 5  # epochs
+    grid_prompts: int = 8  # prompts in the before/after sample grids
+    log_with: list[Literal["tensorboard"]] = ["tensorboard"]
+
+
+# ---------------------------------------------------------------- evaluation
+class EvalConfig(Section):
+    seed: int = 0
+    output_dir: str = "runs/eval"
+    resume: bool = False  # eval writes nothing resumable; true only allows reusing output_dir
+    model: ModelConfig = ModelConfig()
+    sampler: SamplerConfig = SamplerConfig(eta=0.0)
+    prompts: PromptConfig = PromptConfig()
+    num_samples: int = Field(256, ge=1)
+    batch_size: int = Field(32, ge=1)
+    rewards: list[str] = ["shapes_alignment", "jpeg_compressibility"]
+
+
+COMMAND_CONFIGS: dict[str, type[Section]] = {"pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+# ---------------------------------------------------------------- loading
+def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted_key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _first_error(error: pydantic.ValidationError) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {location!r}"
+    return f"config key {location!r}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(command: str, path: str | Path | None, overrides: list[str] = ()) -> Section:
+    """Read YAML, apply overrides, validate. Raises ConfigError with a one-line message."""
+    schema = COMMAND_CONFIGS[command]
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for key, value in parse_overrides(list(overrides)):
+        _set_dotted(tree, key, value)
+    try:
+        return schema.model_validate(tree)
+    except pydantic.ValidationError as error:
+        raise ConfigError(_first_error(error)) from None
+
+
+def save_config(config: Section, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,55 @@
+"""Sample a model on a list of prompts and score the samples with registered rewards.
+
+Used by `genrl eval`, at the end of pretraining, and for the before/after figures of
+every trainer, so "alignment" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from genrl.config import PromptConfig, SamplerConfig
+from genrl.samplers import build_sampler
+from genrl.shapes import random_prompts
+from rewards import compute_reward
+
+
+def make_prompts(config: PromptConfig, rng: np.random.Generator, count: int) -> list[str]:
+    if config.source == "list":
+        return [config.prompts[i] for i in rng.integers(0, len(config.prompts), size=count)]
+    return random_prompts(rng, count, num_objects=tuple(config.num_objects))
+
+
+@torch.no_grad()
+def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed: int, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+    """Decoded images in [-1, 1] for each prompt; seeded, independent of batch size."""
+    sampler = build_sampler(sampler_config, model.num_train_timesteps)
+    images = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling", disable=not progress):
+        chunk = prompts[start : start + batch_size]
+        generator = torch.Generator(model.device).manual_seed(seed + start)
+        guided = sampler_config.guidance_scale != 1.0
+        trajectory = sampler.sample(
+            model.denoiser,
+            model.encode_prompts(chunk),
+            (len(chunk), *model.sample_shape),
+            generator=generator,
+            guidance_scale=sampler_config.guidance_scale,
+            null_condition=model.null_condition(len(chunk)) if guided else None,
+        )
+        images.append(model.decode(trajectory.sample).cpu())
+    return torch.cat(images)
+
+
+def score_images(images: torch.Tensor, prompts: list[str], reward_names: list[str]) -> dict[str, float]:
+    """Mean of each reward and of each reward's logged extras, e.g. `shapes_alignment/prompt_match`."""
+    summary = {}
+    for name in reward_names:
+        output = compute_reward(name, images, prompts)
+        summary[name] = output.scores.mean().item()
+        for key, values in output.info.items():
+            summary[f"{name}/{key}"] = values.float().mean().item()
+    return summary

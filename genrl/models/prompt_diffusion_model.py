@@ -1,0 +1,106 @@
+"""A prompt-conditioned pixel-space diffusion model saved in a diffusers-style directory.
+
+Layout (each component is diffusers' own format: safetensors + config.json):
+    model_index.json        which classes make up the model
+    unet/                   the denoiser network (UNet2DConditionModel, UNet2DModel or DiT)
+    text_encoder/           PromptEncoder
+    tokenizer/vocab.json    WordTokenizer
+    scheduler/              DDPMScheduler config: betas, prediction type, clipping
+
+This is the interface trainers use: `encode_prompts`, `null_condition`, `decode`,
+`denoiser`, `sample_shape`. Latent pipelines (VAE + CLIP text encoder) expose the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler
+
+from genrl.denoiser import Denoiser
+from genrl.errors import CheckpointError
+from genrl.models.networks import NETWORK_CLASSES, network_kind
+from genrl.models.text_encoder import PromptEncoder, WordTokenizer
+
+MODEL_INDEX = "model_index.json"
+
+
+class PromptDiffusionModel(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, text_encoder: PromptEncoder, tokenizer: WordTokenizer, scheduler: DDPMScheduler):
+        super().__init__()
+        self.network = network
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.denoiser = Denoiser(
+            network,
+            scheduler.alphas_cumprod,
+            prediction_type=scheduler.config.prediction_type,
+            clip_sample=scheduler.config.clip_sample,
+            clip_sample_range=scheduler.config.clip_sample_range,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        config = self.network.config
+        size = config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (config.in_channels, *size)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.scheduler.config.num_train_timesteps
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Condition dict for the network: cross-attention states for a UNet2DConditionModel."""
+        ids = self.tokenizer(prompts).to(self.device)
+        return {"encoder_hidden_states": self.text_encoder(ids)}
+
+    def null_condition(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """The empty prompt, trained by condition dropout, for classifier-free guidance."""
+        return self.encode_prompts([""] * batch_size)
+
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1]; a pixel-space model's samples already are."""
+        return samples.clamp(-1, 1)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.network.save_pretrained(directory / "unet")
+        self.text_encoder.save_pretrained(directory / "text_encoder")
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        self.scheduler.save_pretrained(directory / "scheduler")
+        index = {"_class_name": "PromptDiffusionModel", "network_kind": network_kind(self.network)}
+        (directory / MODEL_INDEX).write_text(json.dumps(index, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "PromptDiffusionModel":
+        directory = Path(directory)
+        index_path = directory / MODEL_INDEX
+        if not index_path.is_file():
+            raise CheckpointError(f"model directory {directory} has no {MODEL_INDEX} (not a saved genrl model)")
+        try:
+            index = json.loads(index_path.read_text())
+            network_class = NETWORK_CLASSES[index["network_kind"]]
+        except (json.JSONDecodeError, KeyError) as error:
+            raise CheckpointError(f"{index_path} is corrupt: {error}") from None
+        for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            if not (directory / component).is_dir():
+                raise CheckpointError(f"model directory {directory} is missing its {component}/ component")
+        try:
+            network = network_class.from_pretrained(directory / "unet")
+            text_encoder = PromptEncoder.from_pretrained(directory / "text_encoder")
+            scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+        except (OSError, ValueError, RuntimeError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"could not load model from {directory}: {message}") from None
+        tokenizer = WordTokenizer.from_pretrained(directory / "tokenizer")
+        return cls(network, text_encoder, tokenizer, scheduler)
+

@@ -1,0 +1,105 @@
+"""A run's output directory: resolved config, metrics.jsonl, checkpoints/, samples/.
+
+Guards the promise that nothing already saved is lost: a directory that already holds a
+run is only reused with `resume=true`, and checkpoints are written to a temporary name
+and renamed into place, so an interrupted save never replaces a good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+import torchvision
+
+from genrl.config import Section, save_config
+from genrl.errors import CheckpointError, ConfigError
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def prepare_output_dir(config: Section, is_main_process: bool = True) -> Path:
+    output_dir = Path(config.output_dir)
+    has_run = (output_dir / "metrics.jsonl").exists() or (output_dir / "checkpoints").exists()
+    if has_run and not config.resume:
+        raise ConfigError(
+            f"output_dir {output_dir} already holds a run; pass resume=true to continue it or choose another output_dir"
+        )
+    if is_main_process:
+        for sub in ("checkpoints", "samples"):
+            (output_dir / sub).mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+    return output_dir
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = sorted(
+        (p for p in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()),
+        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]),
+    )
+    return checkpoints[-1] if checkpoints else None
+
+
+def require_checkpoint(output_dir: Path) -> Path:
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"resume=true but {output_dir / 'checkpoints'} holds no checkpoint to resume from")
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} is incomplete (no trainer_state.json)")
+    return checkpoint
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Path:
+    """accelerate save_state into checkpoints/checkpoint-<step>, atomically; every rank takes part."""
+    final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
+    staging = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        (staging / "trainer_state.json").write_text(json.dumps(state))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, checkpoint: Path) -> dict:
+    try:
+        accelerator.load_state(str(checkpoint))
+    except Exception as error:  # accelerate raises many types for a damaged directory
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"checkpoint {checkpoint} could not be loaded: {first_line}") from None
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (float, torch.Tensor)) else v) for k, v in record.items()}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
+    """Images in [-1, 1] as one PNG grid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(images.shape[0]))))
+    torchvision.utils.save_image((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, path, nrow=nrow, padding=1)
+    return path

@@ -1,0 +1,127 @@
+"""The loop shared by every sampler whose steps are Gaussian: x_prev ~ N(mean(x_t), std^2 I).
+
+A concrete sampler supplies only its timestep grid and `step_distribution` (mean and std of
+one step); this file runs the chain, records the Trajectory, and re-scores stored steps
+under the current parameters. Keeping both paths in one place is what makes the on-policy
+importance ratio exactly 1: sampling and re-scoring call the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from genrl.errors import ConfigError
+from genrl.denoiser import Denoiser, broadcast_to_batch
+from genrl.log_prob import Reduction, gaussian_log_prob
+from genrl.trajectory import Trajectory
+
+
+class GaussianChainSampler:
+    """Base class: subclasses define `step_pairs` and `step_distribution`."""
+
+    #: pairs (t, t_prev) in sampling order; t_prev = -1 for the last step
+    step_pairs: list[tuple[int, int]]
+
+    def step_distribution(
+        self, denoiser: Denoiser, model_output: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (same shape as x_t) and std (scalar tensor) of p(x_{t_prev} | x_t)."""
+        raise NotImplementedError
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_pairs)
+
+    def step(
+        self,
+        denoiser: Denoiser,
+        x_t: torch.Tensor,
+        step_index: int | torch.Tensor,
+        condition: dict,
+        guidance_scale: float = 1.0,
+        null_condition: dict | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of step `step_index` at state x_t under the denoiser's current weights.
+
+        `step_index` is an int, or a (B,) tensor giving each sample its own step (DDPO trains
+        the steps of each sample in an independently shuffled order).
+        """
+        pairs = torch.tensor(self.step_pairs, dtype=torch.long, device=x_t.device)[step_index]
+        t, t_prev = pairs[..., 0], pairs[..., 1]
+        output = denoiser.model_output(x_t, t, condition, guidance_scale, null_condition)
+        return self.step_distribution(denoiser, output, x_t, t, t_prev)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: Denoiser,
+        condition: dict[str, torch.Tensor],
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        guidance_scale: float = 1.0,
+        null_condition: dict[str, torch.Tensor] | None = None,
+        initial_noise: torch.Tensor | None = None,
+        log_prob_reduce: Reduction = "mean",
+        prompts: list | None = None,
+        progress: bool = False,
+    ) -> Trajectory:
+        """Run the chain from x_K ~ N(0, I) (or `initial_noise`) for a batch of `shape[0]` samples."""
+        device = denoiser.alphas_cumprod.device
+        if initial_noise is not None and tuple(initial_noise.shape) != tuple(shape):
+            raise ConfigError(f"initial_noise has shape {tuple(initial_noise.shape)}, expected {tuple(shape)}")
+        for key, value in condition.items():
+            if value.shape[0] != shape[0]:
+                raise ConfigError(f"condition {key!r} has batch size {value.shape[0]}, expected {shape[0]}")
+        x = initial_noise if initial_noise is not None else torch.randn(shape, generator=generator, device=device)
+        states, log_probs, stds = [x], [], []
+        for index in tqdm(range(self.num_steps), desc="sampling", disable=not progress, leave=False):
+            mean, std = self.step(denoiser, x, index, condition, guidance_scale, null_condition)
+            if std > 0:
+                noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                x = mean + std * noise
+                log_probs.append(gaussian_log_prob(x, mean, std, log_prob_reduce))
+            else:  # deterministic step: no policy to score
+                x = mean
+                log_probs.append(torch.zeros(x.shape[0], device=x.device))
+            states.append(x)
+            stds.append(float(std))
+        steps = torch.tensor(self.step_pairs, dtype=torch.long)
+        return Trajectory(
+            states=torch.stack(states, dim=1),
+            timesteps=steps[:, 0],
+            prev_timesteps=steps[:, 1],
+            log_probs=torch.stack(log_probs, dim=1),
+            stds=torch.tensor(stds),
+            condition=condition,
+            null_condition=null_condition,
+            guidance_scale=guidance_scale,
+            log_prob_reduce=log_prob_reduce,
+            prompts=list(prompts or []),
+        )
+
+    def log_prob(
+        self, denoiser: Denoiser, trajectory: Trajectory, step_index: int, reduce: Reduction | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Re-score stored step `step_index` (int or per-sample (B,) tensor) under current weights.
+
+        Differentiable. Returns (log_prob, mean, std) with the same CFG scale and conditions as
+        at sampling time; std is a scalar or (B,), broadcast like the mean.
+        """
+        rows = torch.arange(trajectory.batch_size)
+        x_t = trajectory.states[rows, step_index]
+        x_prev = trajectory.states[rows, torch.as_tensor(step_index) + 1]
+        mean, std = self.step(
+            denoiser, x_t, step_index, trajectory.condition, trajectory.guidance_scale, trajectory.null_condition
+        )
+        if (std <= 0).any():
+            raise ValueError(f"step {step_index} is deterministic (std 0) and has no log-probability")
+        std_b = broadcast_to_batch(std, mean)
+        return gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce), mean, std_b
+
+    def stochastic_steps(self) -> list[int]:
+        """Indices of the steps that carry a log-prob (std > 0): the ones a trainer may train."""
+        return [i for i in range(self.num_steps) if self.is_stochastic(i)]
+
+    def is_stochastic(self, step_index: int) -> bool:
+        raise NotImplementedError

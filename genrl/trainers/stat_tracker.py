@@ -1,0 +1,40 @@
+"""Per-prompt reward normalisation, DDPO's advantage estimator.
+
+Each prompt keeps a deque of its most recent rewards; a sample's advantage is its reward
+standardised by its own prompt's statistics, so easy and hard prompts contribute equally.
+Until a prompt has `min_count` rewards, the batch's statistics stand in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+class PerPromptStatTracker:
+    def __init__(self, buffer_size: int = 32, min_count: int = 16):
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.history: dict[str, deque] = {}
+
+    def update(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
+        rewards = np.asarray(rewards, dtype=np.float64)
+        advantages = np.empty_like(rewards)
+        batch_mean, batch_std = rewards.mean(), rewards.std() + 1e-6
+        for prompt in set(prompts):
+            mask = np.array([p == prompt for p in prompts])
+            history = self.history.setdefault(prompt, deque(maxlen=self.buffer_size))
+            history.extend(rewards[mask].tolist())
+            if len(history) < self.min_count:
+                mean, std = batch_mean, batch_std
+            else:
+                mean, std = np.mean(history), np.std(history) + 1e-6
+            advantages[mask] = (rewards[mask] - mean) / std
+        return advantages
+
+    def state_dict(self) -> dict:
+        return {prompt: list(values) for prompt, values in self.history.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = {prompt: deque(values, maxlen=self.buffer_size) for prompt, values in state.items()}

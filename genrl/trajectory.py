@@ -1,0 +1,81 @@
+"""What a sampler returns: the whole denoising chain, ready to be re-scored for training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Trajectory:
+    """A batch of denoising chains x_K -> ... -> x_0.
+
+    states:          (B, K+1, *sample_shape)  states[:, k] is the input of step k, states[:, k+1] its output
+    timesteps:       (K,) long   model timestep of step k
+    prev_timesteps:  (K,) long   timestep reached by step k (-1 for the final step)
+    log_probs:       (B, K)      log pi(states[:, k+1] | states[:, k]) when sampled, reduced by `log_prob_reduce`
+    stds:            (K,)        std of each step's Gaussian (0 for deterministic steps)
+    condition:       dict of tensors passed to the network (e.g. encoder_hidden_states), batch-first
+    null_condition:  the unconditional counterpart when classifier-free guidance was used, else None
+    guidance_scale:  the CFG scale used (must be reused when re-scoring)
+    prompts:         the raw conditions (prompt strings, observation ids, ...), for rewards and logging
+    """
+
+    states: torch.Tensor
+    timesteps: torch.Tensor
+    prev_timesteps: torch.Tensor
+    log_probs: torch.Tensor
+    stds: torch.Tensor
+    condition: dict[str, torch.Tensor]
+    null_condition: dict[str, torch.Tensor] | None = None
+    guidance_scale: float = 1.0
+    log_prob_reduce: str = "mean"
+    prompts: list = field(default_factory=list)
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """The final denoised sample x_0, (B, *sample_shape)."""
+        return self.states[:, -1]
+
+    @property
+    def num_steps(self) -> int:
+        return self.timesteps.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[0]
+
+    def select(self, index: torch.Tensor | slice) -> "Trajectory":
+        """Sub-batch of chains (same steps)."""
+        pick = lambda d: None if d is None else {k: v[index] for k, v in d.items()}  # noqa: E731
+        prompts = [self.prompts[i] for i in torch.arange(self.batch_size)[index].tolist()] if self.prompts else []
+        return Trajectory(
+            states=self.states[index],
+            timesteps=self.timesteps,
+            prev_timesteps=self.prev_timesteps,
+            log_probs=self.log_probs[index],
+            stds=self.stds,
+            condition=pick(self.condition),
+            null_condition=pick(self.null_condition),
+            guidance_scale=self.guidance_scale,
+            log_prob_reduce=self.log_prob_reduce,
+            prompts=prompts,
+        )
+
+    @staticmethod
+    def concatenate(parts: list["Trajectory"]) -> "Trajectory":
+        first = parts[0]
+        cat = lambda key, attr: torch.cat([getattr(p, attr)[key] for p in parts])  # noqa: E731
+        return Trajectory(
+            states=torch.cat([p.states for p in parts]),
+            timesteps=first.timesteps,
+            prev_timesteps=first.prev_timesteps,
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            stds=first.stds,
+            condition={k: cat(k, "condition") for k in first.condition},
+            null_condition=None if first.null_condition is None else {k: cat(k, "null_condition") for k in first.null_condition},
+            guidance_scale=first.guidance_scale,
+            log_prob_reduce=first.log_prob_reduce,
+            prompts=[p for part in parts for p in part.prompts],
+        )

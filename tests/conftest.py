@@ -1,0 +1,55 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_unet_config():
+    """A UNet2DConditionModel small enough to run in milliseconds."""
+    return dict(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+
+
+TINY_PRETRAIN = {
+    "network": {
+        "kind": "unet2d_condition",
+        "config": dict(
+            sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=[8, 16],
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+            attention_head_dim=4, norm_num_groups=4,
+        ),
+    },
+    "text_encoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2},
+}
+
+# A DDPO run small enough for a test: 8 samples x 4 steps per epoch.
+TINY_TRAIN_OVERRIDES = [
+    "sample_batch_size=4", "num_sample_batches=2", "train_batch_size=4", "gradient_accumulation_steps=1",
+    "sampler.num_steps=4", "eval_samples=4", "grid_prompts=4", "checkpoint_every=1", "log_with=[]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random-init prompt-conditioned model saved like the shipped one."""
+    from genrl.config import PretrainConfig
+    from genrl.pretrain import build_model
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny_model")
+    build_model(PretrainConfig.model_validate(TINY_PRETRAIN)).save_pretrained(directory)
+    return directory
