@@ -23,9 +23,11 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------- shared sections
 class SamplerConfig(Section):
-    kind: Literal["ddim", "ddpm"] = "ddim"
+    # ddim / ddpm for diffusion models; flow_sde for flow-matching models (noise_level 0 = Euler ODE)
+    kind: Literal["ddim", "ddpm", "flow_sde"] = "ddim"
     num_steps: int = Field(20, ge=1)
     eta: float = Field(1.0, ge=0.0)  # DDIM only: 0 deterministic, 1 DDPM-like variance (DDPO)
+    noise_level: float = Field(0.7, ge=0.0)  # flow_sde only: the SDE's a (Flow-GRPO uses 0.7)
     guidance_scale: float = 1.0  # classifier-free guidance; 1.0 = off
     final_alpha_one: bool = False  # False keeps the last DDIM step stochastic (as SD/DDPO do)
     steps_offset: int = 1  # DDIM grid ends at t=1 (SD's scheduler setting)
@@ -72,6 +74,8 @@ class TextEncoderConfig(Section):
 
 
 class ScheduleConfig(Section):
+    family: Literal["diffusion", "flow"] = "diffusion"
+    shift: float = Field(1.0, gt=0)  # flow only: sigma shift of the sampling grid (SD3 uses 3.0)
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"

@@ -1,15 +1,17 @@
 """The denoiser: a network plus its noise schedule and parameterisation.
 
-Samplers ask it one question: given x_t at timestep t and a condition, what are the
-predicted clean sample x0 and noise eps? It answers for epsilon-, v- and sample-
-prediction networks, applies classifier-free guidance on the raw network output (as
-diffusers pipelines do), and clips x0 when the schedule says so.
+`GuidedNetwork` calls the network with classifier-free guidance on its raw output (as
+diffusers pipelines do); every model family shares it. `Denoiser` adds the discrete-time
+diffusion schedule: given x_t at timestep t it returns the predicted clean sample x0 and
+noise eps for epsilon-, v- and sample-prediction networks, clipping x0 when the schedule
+says so. Flow-matching models use `FlowDenoiser` (genrl/flow_denoiser.py) instead.
 """
 
 from __future__ import annotations
 
 import torch
 
+from genrl.condition import cat_conditions
 from genrl.models.networks import call_network
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -22,27 +24,12 @@ def broadcast_to_batch(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor
     return values.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-class Denoiser(torch.nn.Module):
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        alphas_cumprod: torch.Tensor,
-        prediction_type: str = "epsilon",
-        clip_sample: bool = False,
-        clip_sample_range: float = 1.0,
-    ):
-        super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        self.network = network
-        self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
-        self.prediction_type = prediction_type
-        self.clip_sample = clip_sample
-        self.clip_sample_range = clip_sample_range
+class GuidedNetwork(torch.nn.Module):
+    """A network called with a condition dict, optionally with classifier-free guidance."""
 
-    @property
-    def num_train_timesteps(self) -> int:
-        return self.alphas_cumprod.shape[0]
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
 
     def model_output(
         self,
@@ -57,10 +44,32 @@ class Denoiser(torch.nn.Module):
         if guidance_scale == 1.0 or null_condition is None:
             return call_network(self.network, x_t, t, condition)
         # One batched call for both branches, as diffusers pipelines do.
-        both = {k: torch.cat([null_condition[k], condition[k]]) for k in condition}
+        both = cat_conditions([null_condition, condition])
         t_both = t.expand(x_t.shape[0]).repeat(2) if t.ndim == 0 else t.repeat(2)
         uncond, cond = call_network(self.network, torch.cat([x_t, x_t]), t_both, both).chunk(2)
         return uncond + guidance_scale * (cond - uncond)
+
+
+class Denoiser(GuidedNetwork):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+    ):
+        super().__init__(network)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
+        self.prediction_type = prediction_type
+        self.clip_sample = clip_sample
+        self.clip_sample_range = clip_sample_range
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.shape[0]
 
     def alpha_bar(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """a_bar_t in the dtype of `like`, shaped to broadcast against it (t may be per-sample)."""

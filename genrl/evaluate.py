@@ -25,7 +25,7 @@ def make_prompts(config: PromptConfig, rng: np.random.Generator, count: int) -> 
 @torch.no_grad()
 def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed: int, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
     """Decoded images in [-1, 1] for each prompt; seeded, independent of batch size."""
-    sampler = build_sampler(sampler_config, model.num_train_timesteps)
+    sampler = build_sampler(sampler_config, model)
     images = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="sampling", disable=not progress):

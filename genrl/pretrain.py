@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -43,27 +43,49 @@ def build_model(config: PretrainConfig) -> PromptDiffusionModel:
     if config.network.kind == "unet2d_condition":
         network_config.setdefault("cross_attention_dim", config.text_encoder.hidden_size)
     network = build_network(config.network.kind, network_config)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=config.schedule.num_train_timesteps,
-        beta_schedule=config.schedule.beta_schedule,
-        prediction_type=config.schedule.prediction_type,
-        clip_sample=config.schedule.clip_sample,
-    )
+    if config.schedule.family == "flow":
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=config.schedule.num_train_timesteps, shift=config.schedule.shift
+        )
+    else:
+        scheduler = DDPMScheduler(
+            num_train_timesteps=config.schedule.num_train_timesteps,
+            beta_schedule=config.schedule.beta_schedule,
+            prediction_type=config.schedule.prediction_type,
+            clip_sample=config.schedule.clip_sample,
+        )
     return PromptDiffusionModel(network, text_encoder, tokenizer, scheduler)
 
 
-def training_target(scheduler: DDPMScheduler, clean, noise, timesteps):
+def noisy_input_and_target(model: PromptDiffusionModel, clean: torch.Tensor):
+    """(noisy sample, network timestep, regression target) for a batch of clean samples.
+
+    Diffusion: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with t uniform, target eps / v / x0.
+    Flow matching: x = (1 - sigma) x0 + sigma eps with sigma uniform, target u = eps - x0,
+    network timestep sigma * T (the convention of diffusers' flow pipelines).
+    """
+    scheduler = model.scheduler
+    noise = torch.randn_like(clean)
+    steps = scheduler.config.num_train_timesteps
+    if model.family == "flow":
+        sigma = torch.rand(clean.shape[0], device=clean.device)
+        sigma_b = sigma.reshape(-1, 1, 1, 1)
+        return (1 - sigma_b) * clean + sigma_b * noise, sigma * steps, noise - clean
+    timesteps = torch.randint(0, steps, (clean.shape[0],), device=clean.device)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(clean, noise, timesteps)
-    return clean
+        target = noise
+    elif kind == "v_prediction":
+        target = scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    return noisy, timesteps, target
 
 
 def pretrain(config: PretrainConfig) -> dict:
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=config.output_dir)
-    output_dir = prepare_output_dir(config, accelerator.is_main_process)
+    output_dir = prepare_output_dir(config, accelerator)
     set_seed(config.seed)
     model = build_model(config)
     trainable = torch.nn.ModuleDict({"network": model.network, "text_encoder": model.text_encoder})
@@ -78,8 +100,6 @@ def pretrain(config: PretrainConfig) -> dict:
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     trainable, optimizer, lr_schedule = accelerator.prepare(trainable, optimizer, lr_schedule)
     accelerator.register_for_checkpointing(ema)
-    scheduler = model.scheduler
-
     start_step = 0
     if config.resume:
         start_step = load_checkpoint(accelerator, require_checkpoint(output_dir))["step"]
@@ -93,15 +113,12 @@ def pretrain(config: PretrainConfig) -> dict:
         rng = np.random.default_rng([config.seed, accelerator.process_index, step])
         images, captions, _ = generate_batch(rng, config.batch_size, tuple(config.data.num_objects), config.data.image_size)
         captions = [c if rng.random() >= config.condition_dropout else "" for c in captions]
-        images = images.to(accelerator.device)
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), device=images.device)
-        noisy = scheduler.add_noise(images, noise, timesteps)
+        noisy, timesteps, target = noisy_input_and_target(model, images.to(accelerator.device))
         ids = model.tokenizer(captions).to(accelerator.device)
         with accelerator.accumulate(trainable):
             states = trainable["text_encoder"](ids)
             prediction = trainable["network"](noisy, timesteps, encoder_hidden_states=states).sample
-            loss = F.mse_loss(prediction.float(), training_target(scheduler, images, noise, timesteps).float())
+            loss = F.mse_loss(prediction.float(), target.float())
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(trainable.parameters(), config.optimizer.max_grad_norm)
@@ -122,7 +139,7 @@ def pretrain(config: PretrainConfig) -> dict:
     # The shipped weights are the EMA weights, as in Diffusion Policy and DDPM practice.
     final = copy.deepcopy(accelerator.unwrap_model(trainable))
     ema.copy_to(final.parameters())
-    shipped = PromptDiffusionModel(final["network"], final["text_encoder"], model.tokenizer, scheduler).eval()
+    shipped = PromptDiffusionModel(final["network"], final["text_encoder"], model.tokenizer, model.scheduler).eval()
     summary = {}
     if accelerator.is_main_process:
         shipped.save_pretrained(output_dir / "model")
@@ -134,9 +151,11 @@ def pretrain(config: PretrainConfig) -> dict:
 
 
 def evaluate_shapes_model(model: PromptDiffusionModel, num_samples: int, seed: int, output_dir) -> dict:
-    """Prompt-match share of single-object prompts at 20 DDIM steps (the issue's quality bar)."""
+    """Prompt-match share of single-object prompts at 20 deterministic steps (DDIM eta=0 / Euler ODE)."""
     prompts = make_prompts(PromptConfig(num_objects=(1, 1)), np.random.default_rng(seed + 1), num_samples)
-    images = sample_images(model, prompts, SamplerConfig(kind="ddim", num_steps=20, eta=0.0), seed=seed)
+    sampler = SamplerConfig(kind="flow_sde", num_steps=20, noise_level=0.0) if model.family == "flow" else \
+        SamplerConfig(kind="ddim", num_steps=20, eta=0.0)
+    images = sample_images(model, prompts, sampler, seed=seed)
     save_grid(images[:64], output_dir / "samples" / "final_single_object.png", nrow=8)
     summary = score_images(images, prompts, ["shapes_alignment", "jpeg_compressibility"])
     return {"eval_" + k.replace("/", "_"): v for k, v in summary.items()}

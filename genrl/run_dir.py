@@ -21,17 +21,22 @@ from genrl.errors import CheckpointError, ConfigError
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-def prepare_output_dir(config: Section, is_main_process: bool = True) -> Path:
+def prepare_output_dir(config: Section, accelerator=None) -> Path:
+    """Check and create output_dir; with an accelerator, every rank checks before any rank writes."""
     output_dir = Path(config.output_dir)
     has_run = (output_dir / "metrics.jsonl").exists() or (output_dir / "checkpoints").exists()
     if has_run and not config.resume:
         raise ConfigError(
             f"output_dir {output_dir} already holds a run; pass resume=true to continue it or choose another output_dir"
         )
-    if is_main_process:
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # no rank may see the main rank's fresh directories as an old run
+    if accelerator is None or accelerator.is_main_process:
         for sub in ("checkpoints", "samples"):
             (output_dir / sub).mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return output_dir
 
 

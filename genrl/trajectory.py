@@ -6,14 +6,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from genrl.condition import cat_conditions, map_condition
+
 
 @dataclass
 class Trajectory:
     """A batch of denoising chains x_K -> ... -> x_0.
 
     states:          (B, K+1, *sample_shape)  states[:, k] is the input of step k, states[:, k+1] its output
-    timesteps:       (K,) long   model timestep of step k
-    prev_timesteps:  (K,) long   timestep reached by step k (-1 for the final step)
+    timesteps:       (K,)  grid point of step k (diffusion: integer timestep; flow: noise level sigma)
+    prev_timesteps:  (K,)  grid point reached by step k (diffusion: -1 for the final step; flow: 0)
     log_probs:       (B, K)      log pi(states[:, k+1] | states[:, k]) when sampled, reduced by `log_prob_reduce`
     stds:            (K,)        std of each step's Gaussian (0 for deterministic steps)
     condition:       dict of tensors passed to the network (e.g. encoder_hidden_states), batch-first
@@ -48,7 +50,7 @@ class Trajectory:
 
     def select(self, index: torch.Tensor | slice) -> "Trajectory":
         """Sub-batch of chains (same steps)."""
-        pick = lambda d: None if d is None else {k: v[index] for k, v in d.items()}  # noqa: E731
+        pick = lambda d: map_condition(lambda v: v[index], d)  # noqa: E731
         prompts = [self.prompts[i] for i in torch.arange(self.batch_size)[index].tolist()] if self.prompts else []
         return Trajectory(
             states=self.states[index],
@@ -66,15 +68,14 @@ class Trajectory:
     @staticmethod
     def concatenate(parts: list["Trajectory"]) -> "Trajectory":
         first = parts[0]
-        cat = lambda key, attr: torch.cat([getattr(p, attr)[key] for p in parts])  # noqa: E731
         return Trajectory(
             states=torch.cat([p.states for p in parts]),
             timesteps=first.timesteps,
             prev_timesteps=first.prev_timesteps,
             log_probs=torch.cat([p.log_probs for p in parts]),
             stds=first.stds,
-            condition={k: cat(k, "condition") for k in first.condition},
-            null_condition=None if first.null_condition is None else {k: cat(k, "null_condition") for k in first.null_condition},
+            condition=cat_conditions([p.condition for p in parts]),
+            null_condition=None if first.null_condition is None else cat_conditions([p.null_condition for p in parts]),
             guidance_scale=first.guidance_scale,
             log_prob_reduce=first.log_prob_reduce,
             prompts=[p for part in parts for p in part.prompts],

@@ -53,3 +53,16 @@ def tiny_model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny_model")
     build_model(PretrainConfig.model_validate(TINY_PRETRAIN)).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_flow_model_dir(tmp_path_factory):
+    """The same tiny network as a flow-matching (velocity) model."""
+    from genrl.config import PretrainConfig
+    from genrl.pretrain import build_model
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny_flow_model")
+    config = PretrainConfig.model_validate({**TINY_PRETRAIN, "schedule": {"family": "flow", "shift": 3.0}})
+    build_model(config).save_pretrained(directory)
+    return directory

@@ -97,6 +97,20 @@ def test_ddpo_run_writes_the_promised_outputs_and_resumes(tiny_model_dir, tmp_pa
     assert [r["epoch"] for r in records] == [1, 2, 3] and records[-1]["samples_seen"] == 24
 
 
+def test_ddpo_runs_on_a_flow_model_with_the_sde_sampler(tiny_flow_model_dir, tmp_path):
+    out = tmp_path / "flow"
+    assert run_cli("train", "configs/ddpo/shapes_flow_compressibility.yaml", f"model.path={tiny_flow_model_dir}",
+                   f"output_dir={out}", "num_epochs=1", *TINY_TRAIN_OVERRIDES) == 0
+    record = read_metrics(out / "metrics.jsonl")[-1]
+    assert record["samples_seen"] == 8 and record["approx_kl"] >= 0
+
+
+def test_sampler_of_the_wrong_family_is_a_config_error(tiny_flow_model_dir, tmp_path, capsys):
+    code = run_cli("train", DDPO, f"model.path={tiny_flow_model_dir}", f"output_dir={tmp_path / 'run'}", *TINY_TRAIN_OVERRIDES)
+    assert code == 2
+    assert "sampler.kind 'ddim'" in capsys.readouterr().err
+
+
 def test_resume_without_checkpoint_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
     code = run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'empty'}", "resume=true",
                    *TINY_TRAIN_OVERRIDES)

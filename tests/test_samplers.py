@@ -17,8 +17,8 @@ class ConstantNet(torch.nn.Module):
         super().__init__()
         self.output = output
 
-    def forward(self, x, t, return_dict=False, **condition):
-        return (self.output.to(x.dtype),)
+    def forward(self, sample, timestep, return_dict=False, **condition):
+        return (self.output.to(sample.dtype),)
 
 
 def _denoiser(scheduler, output, prediction_type):

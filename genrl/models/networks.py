@@ -10,6 +10,8 @@ which family it is driving.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -41,11 +43,20 @@ def network_kind(network: torch.nn.Module) -> str:
     raise ConfigError(f"network of type {type(network).__name__} is not a supported denoiser")
 
 
-def call_network(network: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: dict[str, torch.Tensor]) -> torch.Tensor:
+@functools.lru_cache(maxsize=None)
+def _sample_argument(network_class: type) -> str:
+    """Name of the forward argument that takes the noisy sample: `sample` for UNets,
+    `hidden_states` for transformers (whose second positional argument is not the timestep)."""
+    return list(inspect.signature(network_class.forward).parameters)[1]  # [0] is self
+
+
+def call_network(network: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, condition: dict) -> torch.Tensor:
     """Run the network on a batch; returns its raw output in its own parameterisation."""
     if t.ndim == 0:
         t = t.expand(x_t.shape[0])
-    output = network(x_t, t, **condition, return_dict=False)[0]
+    module = network.module if hasattr(network, "module") else network  # DDP wrapper
+    sample_name = _sample_argument(type(module))
+    output = network(**{sample_name: x_t}, timestep=t, **condition, return_dict=False)[0]
     if output.shape[1] == 2 * x_t.shape[1]:
         # Learned-sigma networks (DiT's default) predict [mean part, variance]; samplers use the mean part.
         output = output[:, : x_t.shape[1]]

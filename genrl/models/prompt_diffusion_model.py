@@ -5,7 +5,8 @@ Layout (each component is diffusers' own format: safetensors + config.json):
     unet/                   the denoiser network (UNet2DConditionModel, UNet2DModel or DiT)
     text_encoder/           PromptEncoder
     tokenizer/vocab.json    WordTokenizer
-    scheduler/              DDPMScheduler config: betas, prediction type, clipping
+    scheduler/              DDPMScheduler (diffusion: betas, prediction type, clipping) or
+                            FlowMatchEulerDiscreteScheduler (flow matching: shift)
 
 This is the interface trainers use: `encode_prompts`, `null_condition`, `decode`,
 `denoiser`, `sample_shape`. Latent pipelines (VAE + CLIP text encoder) expose the same.
@@ -17,30 +18,44 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from genrl.denoiser import Denoiser
+from genrl.flow_denoiser import FlowDenoiser
 from genrl.errors import CheckpointError
 from genrl.models.networks import NETWORK_CLASSES, network_kind
 from genrl.models.text_encoder import PromptEncoder, WordTokenizer
 
 MODEL_INDEX = "model_index.json"
+SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler}
 
 
 class PromptDiffusionModel(torch.nn.Module):
-    def __init__(self, network: torch.nn.Module, text_encoder: PromptEncoder, tokenizer: WordTokenizer, scheduler: DDPMScheduler):
+    def __init__(self, network: torch.nn.Module, text_encoder: PromptEncoder, tokenizer: WordTokenizer, scheduler):
         super().__init__()
         self.network = network
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
-        self.denoiser = Denoiser(
-            network,
-            scheduler.alphas_cumprod,
-            prediction_type=scheduler.config.prediction_type,
-            clip_sample=scheduler.config.clip_sample,
-            clip_sample_range=scheduler.config.clip_sample_range,
-        )
+        if self.family == "flow":
+            self.denoiser = FlowDenoiser(network, scheduler.config.num_train_timesteps)
+        else:
+            self.denoiser = Denoiser(
+                network,
+                scheduler.alphas_cumprod,
+                prediction_type=scheduler.config.prediction_type,
+                clip_sample=scheduler.config.clip_sample,
+                clip_sample_range=scheduler.config.clip_sample_range,
+            )
+
+    @property
+    def family(self) -> str:
+        """'flow' for a flow-matching (velocity) model, 'diffusion' for a DDPM-style one."""
+        return "flow" if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler) else "diffusion"
+
+    @property
+    def shift(self) -> float:
+        return float(self.scheduler.config.get("shift", 1.0))
 
     @property
     def device(self) -> torch.device:
@@ -97,8 +112,9 @@ class PromptDiffusionModel(torch.nn.Module):
         try:
             network = network_class.from_pretrained(directory / "unet")
             text_encoder = PromptEncoder.from_pretrained(directory / "text_encoder")
-            scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
-        except (OSError, ValueError, RuntimeError) as error:
+            scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+            scheduler = SCHEDULERS[scheduler_config["_class_name"]].from_pretrained(directory / "scheduler")
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"could not load model from {directory}: {message}") from None
         tokenizer = WordTokenizer.from_pretrained(directory / "tokenizer")

@@ -1,15 +1,28 @@
 """Samplers run a denoising chain and return a Trajectory with per-step log-probs."""
 
+from genrl.errors import ConfigError
 from genrl.samplers.ddim import DDIMSampler
 from genrl.samplers.ddpm import DDPMSampler
+from genrl.samplers.flow_sde import FlowSDESampler
 from genrl.samplers.gaussian_chain import GaussianChainSampler
 
-__all__ = ["DDIMSampler", "DDPMSampler", "GaussianChainSampler", "build_sampler"]
+__all__ = ["DDIMSampler", "DDPMSampler", "FlowSDESampler", "GaussianChainSampler", "build_sampler"]
+
+FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "flow_sde": "flow"}
 
 
-def build_sampler(config, num_train_timesteps: int) -> GaussianChainSampler:
-    """Sampler from a `SamplerConfig`."""
+def build_sampler(config, model) -> GaussianChainSampler:
+    """Sampler from a `SamplerConfig` for `model` (anything with `family`, `num_train_timesteps`
+    and, for flow models, `shift`)."""
+    if FAMILY_OF_SAMPLER[config.kind] != model.family:
+        raise ConfigError(
+            f"sampler.kind {config.kind!r} needs a {FAMILY_OF_SAMPLER[config.kind]} model, but the model is a "
+            f"{model.family} model; use " + ("'flow_sde'" if model.family == "flow" else "'ddim' or 'ddpm'")
+        )
     if config.kind == "ddim":
-        return DDIMSampler(num_train_timesteps, config.num_steps, eta=config.eta, final_alpha_one=config.final_alpha_one,
-                           steps_offset=config.steps_offset)
-    return DDPMSampler(num_train_timesteps, config.num_steps)
+        return DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
+                           final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)
+    if config.kind == "ddpm":
+        return DDPMSampler(model.num_train_timesteps, config.num_steps)
+    return FlowSDESampler(config.num_steps, noise_level=config.noise_level, shift=model.shift,
+                          num_train_timesteps=model.num_train_timesteps)

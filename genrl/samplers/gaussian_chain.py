@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from genrl.condition import condition_batch_sizes
 from genrl.errors import ConfigError
 from genrl.denoiser import Denoiser, broadcast_to_batch
 from genrl.log_prob import Reduction, gaussian_log_prob
@@ -20,8 +21,14 @@ from genrl.trajectory import Trajectory
 class GaussianChainSampler:
     """Base class: subclasses define `step_pairs` and `step_distribution`."""
 
-    #: pairs (t, t_prev) in sampling order; t_prev = -1 for the last step
-    step_pairs: list[tuple[int, int]]
+    #: pairs (t, t_prev) in sampling order: integer timesteps (t_prev = -1 for the last step)
+    #: for diffusion, noise levels sigma (ending at 0) for flow models
+    step_pairs: list[tuple]
+    grid_dtype = torch.long
+
+    def network_timestep(self, denoiser, t: torch.Tensor) -> torch.Tensor:
+        """The timestep value the network is called with at grid point t."""
+        return t
 
     def step_distribution(
         self, denoiser: Denoiser, model_output: torch.Tensor, x_t: torch.Tensor, t: int, t_prev: int
@@ -47,9 +54,9 @@ class GaussianChainSampler:
         `step_index` is an int, or a (B,) tensor giving each sample its own step (DDPO trains
         the steps of each sample in an independently shuffled order).
         """
-        pairs = torch.tensor(self.step_pairs, dtype=torch.long, device=x_t.device)[step_index]
+        pairs = torch.tensor(self.step_pairs, dtype=self.grid_dtype, device=x_t.device)[step_index]
         t, t_prev = pairs[..., 0], pairs[..., 1]
-        output = denoiser.model_output(x_t, t, condition, guidance_scale, null_condition)
+        output = denoiser.model_output(x_t, self.network_timestep(denoiser, t), condition, guidance_scale, null_condition)
         return self.step_distribution(denoiser, output, x_t, t, t_prev)
 
     @torch.no_grad()
@@ -67,12 +74,12 @@ class GaussianChainSampler:
         progress: bool = False,
     ) -> Trajectory:
         """Run the chain from x_K ~ N(0, I) (or `initial_noise`) for a batch of `shape[0]` samples."""
-        device = denoiser.alphas_cumprod.device
+        device = next(denoiser.parameters()).device
         if initial_noise is not None and tuple(initial_noise.shape) != tuple(shape):
             raise ConfigError(f"initial_noise has shape {tuple(initial_noise.shape)}, expected {tuple(shape)}")
-        for key, value in condition.items():
-            if value.shape[0] != shape[0]:
-                raise ConfigError(f"condition {key!r} has batch size {value.shape[0]}, expected {shape[0]}")
+        for key, size in condition_batch_sizes(condition).items():
+            if size != shape[0]:
+                raise ConfigError(f"condition {key!r} has batch size {size}, expected {shape[0]}")
         x = initial_noise if initial_noise is not None else torch.randn(shape, generator=generator, device=device)
         states, log_probs, stds = [x], [], []
         for index in tqdm(range(self.num_steps), desc="sampling", disable=not progress, leave=False):
@@ -86,7 +93,7 @@ class GaussianChainSampler:
                 log_probs.append(torch.zeros(x.shape[0], device=x.device))
             states.append(x)
             stds.append(float(std))
-        steps = torch.tensor(self.step_pairs, dtype=torch.long)
+        steps = torch.tensor(self.step_pairs, dtype=self.grid_dtype)
         return Trajectory(
             states=torch.stack(states, dim=1),
             timesteps=steps[:, 0],

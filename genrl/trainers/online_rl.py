@@ -83,7 +83,7 @@ def train(config: TrainConfig) -> dict:
     for name in [config.reward.name, *config.metric_rewards]:
         get_reward(name)  # fail on an unknown reward before any work
     model = load_model(config.model.path)
-    sampler = build_sampler(config.sampler, model.num_train_timesteps)
+    sampler = build_sampler(config.sampler, model)
     trainable_steps = sampler.stochastic_steps()
     if not trainable_steps:
         raise ConfigError("sampler has no stochastic step to train (DDIM needs eta > 0)")
@@ -95,7 +95,7 @@ def train(config: TrainConfig) -> dict:
         project_dir=config.output_dir,
         gradient_accumulation_steps=config.gradient_accumulation_steps * steps_per_sample,
     )
-    output_dir = prepare_output_dir(config, accelerator.is_main_process)
+    output_dir = prepare_output_dir(config, accelerator)
     set_seed(config.seed, device_specific=True)
     device = accelerator.device
 
