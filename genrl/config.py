@@ -8,13 +8,17 @@ is written to `<output_dir>/config.yaml` by every run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from genrl.errors import ConfigError
+
+
+# YAML 1.1 reads a bare `no` as False; accept it for "no mixed precision".
+MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
 class Section(BaseModel):
@@ -98,13 +102,17 @@ class PretrainConfig(Section):
     log_every: int = 50
     checkpoint_every: int = 1000
     eval_samples: int = 64  # prompt-match share measured at the end (20 DDIM steps)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = "no"
     resume: bool = False
 
 
 # ---------------------------------------------------------------- RL fine-tuning
 class ModelConfig(Section):
-    path: str = "models/shapes-diffusion"
+    path: str = "models/shapes-diffusion"  # a genrl model directory or a diffusers pipeline directory
+    resolution: int | None = None  # pipelines: image size in pixels (default: the network's native size)
+    decode_chunk_size: int = Field(8, ge=1)  # pipelines: latents decoded by the VAE at a time
+    gradient_checkpointing: bool = False  # trade compute for memory in the trained network
+    save_merged_model: bool = True  # also write the whole fine-tuned model (LoRA merged) to output_dir/model
 
 
 class RewardConfig(Section):
@@ -143,7 +151,7 @@ class TrainConfig(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)  # minibatches per optimizer step (x trained steps)
     eval_samples: int = Field(64, ge=1)  # fixed prompts scored before and after training
     ema_decay: float = 0.0  # 0 disables EMA of the trained weights
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: MixedPrecision = "no"
     checkpoint_every: int = 5  # epochs
     grid_prompts: int = 8  # prompts in the before/after sample grids
     log_with: list[Literal["tensorboard"]] = ["tensorboard"]

@@ -111,6 +111,26 @@ def test_sampler_of_the_wrong_family_is_a_config_error(tiny_flow_model_dir, tmp_
     assert "sampler.kind 'ddim'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("lora", ["true", "false"])
+def test_kl_penalty_and_ema_paths_run_with_lora_and_full_fine_tuning(tiny_model_dir, tmp_path, lora):
+    out = tmp_path / "kl"
+    assert run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "num_epochs=1",
+                   f"lora.enabled={lora}", "ddpo.kl_coef=0.1", "ema_decay=0.9", *TINY_TRAIN_OVERRIDES) == 0
+    record = read_metrics(out / "metrics.jsonl")[-1]
+    assert "kl_to_reference" in record and record["kl_to_reference"] >= 0
+
+
+def test_corrupt_checkpoint_on_resume_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    common = [DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", *TINY_TRAIN_OVERRIDES]
+    assert run_cli("train", *common, "num_epochs=1") == 0
+    (out / "checkpoints" / "checkpoint-1" / "model.safetensors").write_bytes(b"garbage")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert run_cli("train", *common, "num_epochs=2", "resume=true") == 2
+    assert "checkpoint-1 could not be loaded" in capsys.readouterr().err
+    assert len(read_metrics(out / "metrics.jsonl")) == 1  # the earlier epoch's record is intact
+
+
 def test_resume_without_checkpoint_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
     code = run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={tmp_path / 'empty'}", "resume=true",
                    *TINY_TRAIN_OVERRIDES)

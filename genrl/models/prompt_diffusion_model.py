@@ -14,6 +14,7 @@ This is the interface trainers use: `encode_prompts`, `null_condition`, `decode`
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -84,6 +85,17 @@ class PromptDiffusionModel(torch.nn.Module):
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1]; a pixel-space model's samples already are."""
         return samples.clamp(-1, 1)
+
+    def save_finetuned(self, output_dir: Path, network: torch.nn.Module, lora: bool, merged: bool = True) -> None:
+        """The fine-tuned model as a full model directory (`model/`, LoRA merged) and the
+        LoRA adapter alone in diffusers' format (`lora/`)."""
+        network = copy.deepcopy(network)
+        if lora:
+            network.save_lora_adapter(output_dir / "lora")
+            network.fuse_lora()
+            network.unload_lora()
+        if merged:
+            PromptDiffusionModel(network, self.text_encoder, self.tokenizer, self.scheduler).save_pretrained(output_dir / "model")
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -23,14 +23,13 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, cast_training_params
 from tqdm.auto import tqdm
 
 from genrl.config import TrainConfig
 from genrl.errors import ConfigError
 from genrl.evaluate import make_prompts, sample_images, score_images
 from genrl.models.loading import load_model
-from genrl.models.prompt_diffusion_model import PromptDiffusionModel
 from genrl.run_dir import MetricsLog, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint, save_grid
 from genrl.samplers import build_sampler
 from genrl.trainers.ddpo import ddpo_loss
@@ -68,21 +67,14 @@ def _add_lora(network: torch.nn.Module, config: TrainConfig) -> None:
         raise ConfigError(f"lora.target_modules {config.lora.target_modules}: {str(error).splitlines()[0]}") from None
 
 
-def _save_final_model(model: PromptDiffusionModel, network: torch.nn.Module, lora: bool, output_dir) -> None:
-    """The fine-tuned model as a full model directory (LoRA merged), plus the LoRA adapter alone."""
-    network = copy.deepcopy(network)
-    if lora:
-        network.save_lora_adapter(output_dir / "lora")
-        network.fuse_lora()
-        network.unload_lora()
-    PromptDiffusionModel(network, model.text_encoder, model.tokenizer, model.scheduler).save_pretrained(output_dir / "model")
+MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def train(config: TrainConfig) -> dict:
     _check_batching(config)
     for name in [config.reward.name, *config.metric_rewards]:
         get_reward(name)  # fail on an unknown reward before any work
-    model = load_model(config.model.path)
+    model = load_model(config.model.path, config.model.resolution, config.model.decode_chunk_size)
     sampler = build_sampler(config.sampler, model)
     trainable_steps = sampler.stochastic_steps()
     if not trainable_steps:
@@ -100,16 +92,26 @@ def train(config: TrainConfig) -> dict:
     device = accelerator.device
 
     # ---------------------------------------------------------------- model and optimizer
+    # Frozen weights (VAE, text encoders, and the base network under LoRA) may live in the
+    # mixed-precision dtype; trained weights stay float32, as in diffusers' training scripts.
     model.requires_grad_(False)
     model.to(device).eval()
     network = model.network
+    frozen_dtype = MIXED_PRECISION_DTYPES[config.mixed_precision]
+    for name, module in model.named_children():
+        if module is not network and name != "denoiser":
+            module.to(dtype=frozen_dtype)
     reference_network = None
     if config.lora.enabled:
+        network.to(dtype=frozen_dtype)
         _add_lora(network, config)
+        cast_training_params(network, dtype=torch.float32)
     else:
         if config.ddpo.kl_coef > 0:
             reference_network = copy.deepcopy(network).requires_grad_(False)
         network.requires_grad_(True)
+    if config.model.gradient_checkpointing:
+        network.enable_gradient_checkpointing()
     trainable = [p for p in network.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable,
@@ -279,7 +281,7 @@ def train(config: TrainConfig) -> dict:
         ema.copy_to(trainable)  # the saved and evaluated weights are the EMA weights
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(network)
-        _save_final_model(model, unwrapped, config.lora.enabled, output_dir)
+        model.save_finetuned(output_dir, unwrapped, config.lora.enabled, merged=config.model.save_merged_model)
         after = evaluate_now("after")
         before = json.loads(before_path.read_text())
         before_images = torch.load(output_dir / "samples" / "before_images.pt")
