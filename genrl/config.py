@@ -115,9 +115,22 @@ class ModelConfig(Section):
     save_merged_model: bool = True  # also write the whole fine-tuned model (LoRA merged) to output_dir/model
 
 
-class RewardConfig(Section):
-    name: str = "jpeg_compressibility"
+class RewardComponent(Section):
+    name: str
+    weight: float = 1.0
     kwargs: dict[str, Any] = {}
+
+
+class RewardConfig(Section):
+    """One registered reward (`name`, `kwargs`), or a weighted sum of `components`."""
+
+    name: str | None = "jpeg_compressibility"
+    kwargs: dict[str, Any] = {}
+    components: list[RewardComponent] = []
+
+    @property
+    def label(self) -> str:
+        return "weighted_reward" if self.components else self.name
 
 
 class DDPOConfig(Section):

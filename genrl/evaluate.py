@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from genrl.config import PromptConfig, SamplerConfig
 from genrl.samplers import build_sampler
 from genrl.shapes import random_prompts
-from rewards import compute_reward
+from rewards import compute_configured_reward, compute_reward
 
 
 def make_prompts(config: PromptConfig, rng: np.random.Generator, count: int) -> list[str]:
@@ -44,11 +44,14 @@ def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed
     return torch.cat(images)
 
 
-def score_images(images: torch.Tensor, prompts: list[str], reward_names: list[str]) -> dict[str, float]:
-    """Mean of each reward and of each reward's logged extras, e.g. `shapes_alignment/prompt_match`."""
+def score_images(images: torch.Tensor, prompts: list[str], reward_names: list[str], reward_config=None) -> dict[str, float]:
+    """Mean of each reward and of each reward's logged extras, e.g. `shapes_alignment/prompt_match`;
+    with `reward_config`, the configured (possibly weighted) reward first, under its label."""
+    outputs = [(name, compute_reward(name, images, prompts)) for name in reward_names]
+    if reward_config is not None:
+        outputs.insert(0, (reward_config.label, compute_configured_reward(reward_config, images, prompts)))
     summary = {}
-    for name in reward_names:
-        output = compute_reward(name, images, prompts)
+    for name, output in outputs:
         summary[name] = output.scores.mean().item()
         for key, values in output.info.items():
             summary[f"{name}/{key}"] = values.float().mean().item()

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 
 from genrl.errors import ConfigError, RewardError
+from rewards.aesthetic import aesthetic_score
+from rewards.clip_score import clip_score
 from rewards.jpeg import jpeg_compressibility, jpeg_incompressibility
 from rewards.output import RewardOutput
 from rewards.shapes_alignment import shapes_alignment, shapes_prompt_match
@@ -19,6 +21,8 @@ REWARDS: dict[str, RewardFn] = {
     "jpeg_incompressibility": jpeg_incompressibility,
     "shapes_alignment": shapes_alignment,
     "shapes_prompt_match": shapes_prompt_match,
+    "clip_score": clip_score,
+    "aesthetic_score": aesthetic_score,
 }
 
 

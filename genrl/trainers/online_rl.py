@@ -35,7 +35,7 @@ from genrl.samplers import build_sampler
 from genrl.trainers.ddpo import ddpo_loss
 from genrl.trainers.stat_tracker import PerPromptStatTracker
 from genrl.trajectory import Trajectory
-from rewards import compute_reward, get_reward
+from rewards import check_reward_config, compute_configured_reward, compute_reward, get_reward
 
 
 def _check_batching(config: TrainConfig) -> None:
@@ -72,8 +72,9 @@ MIXED_PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": to
 
 def train(config: TrainConfig) -> dict:
     _check_batching(config)
-    for name in [config.reward.name, *config.metric_rewards]:
-        get_reward(name)  # fail on an unknown reward before any work
+    check_reward_config(config.reward)  # fail on an unknown reward before any work
+    for name in config.metric_rewards:
+        get_reward(name)
     model = load_model(config.model.path, config.model.resolution, config.model.decode_chunk_size)
     sampler = build_sampler(config.sampler, model)
     trainable_steps = sampler.stochastic_steps()
@@ -149,13 +150,12 @@ def train(config: TrainConfig) -> dict:
         start_epoch, samples_seen = state["epoch"], state["samples_seen"]
         stat_tracker.load_state_dict(state["stat_tracker"])
     eval_prompts = make_prompts(config.prompts, np.random.default_rng([config.seed, 999]), config.eval_samples)
-    eval_rewards = [config.reward.name, *config.metric_rewards]
 
     def evaluate_now(tag: str) -> dict:
         with accelerator.autocast():
             images = sample_images(model, eval_prompts, config.sampler, seed=config.seed + 7, batch_size=config.sample_batch_size)
         save_grid(images[: config.grid_prompts], output_dir / "samples" / f"{tag}.png", nrow=config.grid_prompts)
-        return {"images": images, **score_images(images, eval_prompts, eval_rewards)}
+        return {"images": images, **score_images(images, eval_prompts, config.metric_rewards, config.reward)}
 
     before_path = output_dir / "eval_before.json"
     if accelerator.is_main_process and not before_path.exists():
@@ -189,9 +189,9 @@ def train(config: TrainConfig) -> dict:
             timings["time_sampling"] += time.perf_counter() - started
             started = time.perf_counter()
             images = model.decode(part.sample)
-            reward = compute_reward(config.reward.name, images, prompts, **config.reward.kwargs)
+            reward = compute_configured_reward(config.reward, images, prompts)
             for key, values in reward.info.items():
-                side_metrics[f"{config.reward.name}/{key}"].append(values)
+                side_metrics[f"{config.reward.label}/{key}"].append(values)
             for name in config.metric_rewards:
                 output = compute_reward(name, images, prompts)
                 side_metrics[name].append(output.scores)
