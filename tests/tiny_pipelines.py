@@ -48,18 +48,18 @@ def _vae(latent_channels=4):
                          layers_per_block=1, norm_num_groups=4, sample_size=16)
 
 
-def _unet(cross_attention_dim=16, **extra):
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+def _unet(cross_attention_dim=16, sample_size=8, **extra):
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
                                 cross_attention_dim=cross_attention_dim, attention_head_dim=4, norm_num_groups=4, **extra)
 
 
-def build_tiny_sd(directory: Path) -> Path:
+def build_tiny_sd(directory: Path, sample_size: int = 8) -> Path:
     torch.manual_seed(0)
     tokenizer = write_clip_tokenizer(directory / "_tok")
     pipeline = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=_unet(),
+        vae=_vae(), text_encoder=_text_encoder(len(tokenizer)), tokenizer=tokenizer, unet=_unet(sample_size=sample_size),
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                                 set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -1,4 +1,4 @@
-"""Benchmark: DDPO on the shipped Shapes model for JPEG compressibility.
+"""Benchmark: DDPO on a shipped Shapes model (diffusion or flow) for JPEG compressibility.
 
 Claims measured (issue "Foundation", benchmarks):
   * the mean JPEG size of samples falls by >= 25% within 15 minutes on 2 CPU cores,
@@ -6,9 +6,10 @@ Claims measured (issue "Foundation", benchmarks):
   * time breakdown of an epoch (sampling / reward / training) and the share of time spent
     outside the network's own forward/backward passes.
 
-Run:  .venv/bin/python benchmarks/ddpo_shapes_compressibility.py [--epochs N] [--seed S]
-Writes benchmarks/results/ddpo_shapes_compressibility_seed<S>.{json,md} and the run itself
-under runs/bench_ddpo_compressibility_seed<S>/.
+Run:  .venv/bin/python benchmarks/ddpo_shapes.py [--config C] [--epochs N] [--seed S]
+      (--config configs/ddpo/shapes_flow_compressibility.yaml for the flow model)
+Writes benchmarks/results/<config name>_seed<S>.{json,md} and the run itself under
+runs/bench_<config name>_seed<S>/.
 """
 
 from __future__ import annotations
@@ -64,17 +65,19 @@ def model_only_seconds(config) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default="configs/ddpo/shapes_compressibility.yaml")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=128)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    out = ROOT / f"runs/bench_ddpo_compressibility_seed{args.seed}"
+    name = Path(args.config).stem
+    out = ROOT / f"runs/bench_{name}_seed{args.seed}"
     shutil.rmtree(out, ignore_errors=True)
-    config = load_config("train", ROOT / "configs/ddpo/shapes_compressibility.yaml", [
+    config = load_config("train", ROOT / args.config, [
         f"output_dir={out}", f"num_epochs={args.epochs}", f"seed={args.seed}", f"eval_samples={args.eval_samples}",
-        f"model.path={ROOT / 'models/shapes-diffusion'}",
     ])
+    config.model.path = str(ROOT / config.model.path)
     wall, cpu = time.perf_counter(), cpu_seconds()
     summary = train(config)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
@@ -87,7 +90,8 @@ def main() -> None:
     jpeg_after = summary["jpeg_compressibility/jpeg_kb_after"]
     first_25 = next((r for r in records if r["jpeg_compressibility/jpeg_kb"] <= 0.75 * jpeg_before), None)
     result = {
-        "command": f".venv/bin/python benchmarks/ddpo_shapes_compressibility.py --epochs {args.epochs} --seed {args.seed}",
+        "command": f".venv/bin/python benchmarks/ddpo_shapes.py --config {args.config} "
+                   f"--epochs {args.epochs} --seed {args.seed}",
         "epochs": args.epochs,
         "samples_seen": records[-1]["samples_seen"],
         "wall_seconds": wall,
@@ -110,9 +114,9 @@ def main() -> None:
                                      "shapes_alignment/prompt_match")} for r in records],
         "grid": str((out / "samples" / "before_after.png").relative_to(ROOT)),
     }
-    stem = ROOT / f"benchmarks/results/ddpo_shapes_compressibility_seed{args.seed}"
+    stem = ROOT / f"benchmarks/results/{name}_seed{args.seed}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    lines = [f"# DDPO, Shapes compressibility (seed {args.seed})", "", f"Command: `{result['command']}`", ""]
+    lines = [f"# DDPO, {name} (seed {args.seed})", "", f"Command: `{result['command']}`", ""]
     for key, value in result.items():
         if key not in ("curve", "command"):
             lines.append(f"- {key}: {value:.4f}" if isinstance(value, float) else f"- {key}: {value}")
