@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline
 
-from genrl.denoiser import Denoiser
 from genrl.errors import CheckpointError
-from genrl.flow_denoiser import FlowDenoiser
+from genrl.models.scheduled_model import ScheduledModel
 
 SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
 
@@ -41,7 +40,7 @@ def check_pipeline_directory(path: Path) -> dict:
     return index
 
 
-class LatentPipelineModel(torch.nn.Module):
+class LatentPipelineModel(ScheduledModel):
     def __init__(self, pipeline: DiffusionPipeline, resolution: int | None = None, decode_chunk_size: int = 8):
         super().__init__()
         self.pipeline = pipeline
@@ -58,12 +57,7 @@ class LatentPipelineModel(torch.nn.Module):
         self.resolution = resolution or self.network.config.sample_size * vae_factor
         self.latent_size = self.resolution // vae_factor
         self._check_tokenizers()
-        if self.family == "flow":
-            self.denoiser = FlowDenoiser(self.network, self.scheduler.config.num_train_timesteps)
-        else:
-            self.denoiser = Denoiser(
-                self.network, self.scheduler.alphas_cumprod, self.scheduler.config.prediction_type, clip_sample=False
-            )
+        self._attach_denoiser(clip_sample=False)  # latents are not bounded like pixels
 
     @classmethod
     def from_pretrained(cls, path: str | Path, resolution: int | None = None, decode_chunk_size: int = 8):
@@ -91,22 +85,6 @@ class LatentPipelineModel(torch.nn.Module):
                 )
 
     # ------------------------------------------------------------------ the model interface
-    @property
-    def family(self) -> str:
-        return "flow" if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler) else "diffusion"
-
-    @property
-    def shift(self) -> float:
-        return float(self.scheduler.config.get("shift", 1.0))
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return self.scheduler.config.num_train_timesteps
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
-
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         return (self.network.config.in_channels, self.latent_size, self.latent_size)

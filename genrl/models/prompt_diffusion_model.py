@@ -21,46 +21,23 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-from genrl.denoiser import Denoiser
-from genrl.flow_denoiser import FlowDenoiser
 from genrl.errors import CheckpointError
 from genrl.models.networks import NETWORK_CLASSES, network_kind
+from genrl.models.scheduled_model import ScheduledModel
 from genrl.models.text_encoder import PromptEncoder, WordTokenizer
 
 MODEL_INDEX = "model_index.json"
 SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler}
 
 
-class PromptDiffusionModel(torch.nn.Module):
+class PromptDiffusionModel(ScheduledModel):
     def __init__(self, network: torch.nn.Module, text_encoder: PromptEncoder, tokenizer: WordTokenizer, scheduler):
         super().__init__()
         self.network = network
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
-        if self.family == "flow":
-            self.denoiser = FlowDenoiser(network, scheduler.config.num_train_timesteps)
-        else:
-            self.denoiser = Denoiser(
-                network,
-                scheduler.alphas_cumprod,
-                prediction_type=scheduler.config.prediction_type,
-                clip_sample=scheduler.config.clip_sample,
-                clip_sample_range=scheduler.config.clip_sample_range,
-            )
-
-    @property
-    def family(self) -> str:
-        """'flow' for a flow-matching (velocity) model, 'diffusion' for a DDPM-style one."""
-        return "flow" if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler) else "diffusion"
-
-    @property
-    def shift(self) -> float:
-        return float(self.scheduler.config.get("shift", 1.0))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.network.parameters()).device
+        self._attach_denoiser(clip_sample=scheduler.config.get("clip_sample", False))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -68,10 +45,6 @@ class PromptDiffusionModel(torch.nn.Module):
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (config.in_channels, *size)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        return self.scheduler.config.num_train_timesteps
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Condition dict for the network: cross-attention states for a UNet2DConditionModel."""
