@@ -99,12 +99,14 @@ def train(config: TrainConfig) -> dict:
     model.to(device).eval()
     network = model.network
     frozen_dtype = MIXED_PRECISION_DTYPES[config.mixed_precision]
-    for name, module in model.named_children():
-        if module is not network and name != "denoiser":
-            module.to(dtype=frozen_dtype)
+    if frozen_dtype != torch.float32:
+        for name, module in model.named_children():
+            if module is not network and name != "denoiser":
+                module.to(dtype=frozen_dtype)
+        if config.lora.enabled:
+            network.to(dtype=frozen_dtype)
     reference_network = None
     if config.lora.enabled:
-        network.to(dtype=frozen_dtype)
         _add_lora(network, config)
         cast_training_params(network, dtype=torch.float32)
     else:
