@@ -69,13 +69,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=128)
+    parser.add_argument("--tag", default="", help="suffix for the result files, e.g. for a variant")
+    parser.add_argument("overrides", nargs="*", help="extra dotted config overrides, e.g. optimizer.learning_rate=1e-3")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    name = Path(args.config).stem
+    name = Path(args.config).stem + (f"_{args.tag}" if args.tag else "")
     out = ROOT / f"runs/bench_{name}_seed{args.seed}"
     shutil.rmtree(out, ignore_errors=True)
     config = load_config("train", ROOT / args.config, [
         f"output_dir={out}", f"num_epochs={args.epochs}", f"seed={args.seed}", f"eval_samples={args.eval_samples}",
+        *args.overrides,
     ])
     config.model.path = str(ROOT / config.model.path)
     wall, cpu = time.perf_counter(), cpu_seconds()
@@ -91,7 +94,7 @@ def main() -> None:
     first_25 = next((r for r in records if r["jpeg_compressibility/jpeg_kb"] <= 0.75 * jpeg_before), None)
     result = {
         "command": f".venv/bin/python benchmarks/ddpo_shapes.py --config {args.config} "
-                   f"--epochs {args.epochs} --seed {args.seed}",
+                   f"--epochs {args.epochs} --seed {args.seed}" + (f" --tag {args.tag} " + " ".join(args.overrides) if args.tag else ""),
         "epochs": args.epochs,
         "samples_seen": records[-1]["samples_seen"],
         "wall_seconds": wall,
