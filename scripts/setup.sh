@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${GENRL_VENV:-.venv}"
-EXTRAS="${GENRL_EXTRAS:-dev}"
+EXTRAS="${GENRL_EXTRAS:-dev,clip}"  # clip: open_clip, lpips, transformers (the tests use them)
 stamp="$VENV/.genrl-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
