@@ -1,6 +1,5 @@
 """DDPO: the loss arithmetic, and real (tiny) training runs through the CLI entry point."""
 
-import json
 
 import pytest
 import torch

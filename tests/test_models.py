@@ -1,6 +1,5 @@
 """Denoiser networks and the saved model format."""
 
-import json
 
 import pytest
 import torch
