@@ -23,6 +23,21 @@ def make_prompts(config: PromptConfig, rng: np.random.Generator, count: int) -> 
 
 
 @torch.no_grad()
+def sample_trajectory(model, sampler, prompts: list[str], generator: torch.Generator, guidance_scale: float = 1.0):
+    """One batch of chains for `prompts`, with the empty prompt as CFG's null condition when guided."""
+    guided = guidance_scale != 1.0
+    return sampler.sample(
+        model.denoiser,
+        model.encode_prompts(prompts),
+        (len(prompts), *model.sample_shape),
+        generator=generator,
+        guidance_scale=guidance_scale,
+        null_condition=model.null_condition(len(prompts)) if guided else None,
+        prompts=prompts,
+    )
+
+
+@torch.no_grad()
 def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed: int, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
     """Decoded images in [-1, 1] for each prompt; seeded, independent of batch size."""
     sampler = build_sampler(sampler_config, model)
@@ -31,15 +46,7 @@ def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed
     for start in tqdm(starts, desc="sampling", disable=not progress):
         chunk = prompts[start : start + batch_size]
         generator = torch.Generator(model.device).manual_seed(seed + start)
-        guided = sampler_config.guidance_scale != 1.0
-        trajectory = sampler.sample(
-            model.denoiser,
-            model.encode_prompts(chunk),
-            (len(chunk), *model.sample_shape),
-            generator=generator,
-            guidance_scale=sampler_config.guidance_scale,
-            null_condition=model.null_condition(len(chunk)) if guided else None,
-        )
+        trajectory = sample_trajectory(model, sampler, chunk, generator, sampler_config.guidance_scale)
         images.append(model.decode(trajectory.sample).cpu())
     return torch.cat(images)
 

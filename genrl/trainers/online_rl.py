@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from genrl.config import TrainConfig
 from genrl.errors import ConfigError
-from genrl.evaluate import make_prompts, sample_images, score_images
+from genrl.evaluate import make_prompts, sample_images, sample_trajectory, score_images
 from genrl.models.loading import load_model
 from genrl.run_dir import MetricsLog, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint, save_grid
 from genrl.samplers import build_sampler
@@ -168,8 +168,6 @@ def train(config: TrainConfig) -> dict:
     accelerator.init_trackers("train", config={"reward": config.reward.name, "seed": config.seed})
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
 
-    shape = model.sample_shape
-    guided = config.sampler.guidance_scale != 1.0
     epochs = tqdm(range(start_epoch, config.num_epochs), desc="ddpo", disable=not accelerator.is_main_process,
                   initial=start_epoch, total=config.num_epochs)
     for epoch in epochs:
@@ -181,13 +179,8 @@ def train(config: TrainConfig) -> dict:
             prompts = make_prompts(config.prompts, rng, config.sample_batch_size)
             generator = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
             started = time.perf_counter()
-            with torch.no_grad(), accelerator.autocast():
-                condition = model.encode_prompts(prompts)
-                part = sampler.sample(
-                    model.denoiser, condition, (len(prompts), *shape), generator=generator,
-                    guidance_scale=config.sampler.guidance_scale,
-                    null_condition=model.null_condition(len(prompts)) if guided else None, prompts=prompts,
-                )
+            with accelerator.autocast():
+                part = sample_trajectory(model, sampler, prompts, generator, config.sampler.guidance_scale)
             timings["time_sampling"] += time.perf_counter() - started
             started = time.perf_counter()
             images = model.decode(part.sample)
