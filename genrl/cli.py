@@ -12,9 +12,10 @@ import sys
 from genrl.errors import ConfigError, GenrlError
 
 COMMANDS = {
-    "pretrain": "train a base model from scratch (e.g. the Shapes diffusion model)",
-    "train": "RL fine-tune a model (DDPO, ...) on a reward",
-    "eval": "sample a model and score the samples with rewards",
+    "collect": "run a scripted expert in an environment and write a demonstration dataset (action configs)",
+    "pretrain": "train a base model from scratch: the Shapes image model, or a Diffusion Policy by behaviour cloning",
+    "train": "RL fine-tune a model on a reward: images (DDPO, PXPO, REBEL, SFT-PG, B^2) or policies (DDPO, DPPO, REBEL)",
+    "eval": "sample a model and score it: image rewards, or a policy's success rate over seeded episodes",
 }
 
 
@@ -41,7 +42,9 @@ def run(argv: list[str]) -> int:
     from genrl.config import load_config  # imported late so --help stays fast
 
     config = load_config(args.command, args.config, args.overrides)
-    if args.command == "pretrain":
+    if getattr(config, "domain", None) == "action":
+        summary = _run_action_command(args.command, config)
+    elif args.command == "pretrain":
         from genrl.pretrain import pretrain
 
         summary = pretrain(config)
@@ -56,6 +59,24 @@ def run(argv: list[str]) -> int:
     for key, value in (summary or {}).items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     return 0
+
+
+def _run_action_command(command: str, config) -> dict:
+    if command == "collect":
+        from genrl.policy.collect import collect
+
+        return collect(config)
+    if command == "pretrain":
+        from genrl.policy.pretrain import pretrain_policy
+
+        return pretrain_policy(config)
+    if command == "eval":
+        from genrl.policy.evaluate import evaluate_policy_command
+
+        return evaluate_policy_command(config)
+    from genrl.trainers.policy_rl import train_policy
+
+    return train_policy(config)
 
 
 def main(argv: list[str] | None = None) -> None:

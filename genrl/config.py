@@ -226,6 +226,19 @@ class EvalConfig(Section):
 COMMAND_CONFIGS: dict[str, type[Section]] = {"pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
+def _schema(command: str, domain: Any) -> type[Section]:
+    """Image configs (no `domain` key) or action-policy configs (`domain: action`)."""
+    if domain == "action":
+        from genrl.policy.config import PolicyConfig, PolicyRLConfig
+
+        return {"collect": PolicyConfig, "pretrain": PolicyConfig, "eval": PolicyConfig, "train": PolicyRLConfig}[command]
+    if domain is not None:
+        raise ConfigError(f"config key 'domain': 'action' is the only domain to name (image configs leave it out); got {domain!r}")
+    if command not in COMMAND_CONFIGS:
+        raise ConfigError(f"`genrl {command}` works on action-policy configs (domain: action), not image configs")
+    return COMMAND_CONFIGS[command]
+
+
 # ---------------------------------------------------------------- loading
 def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     *parents, leaf = dotted_key.split(".")
@@ -261,7 +274,6 @@ def _first_error(error: pydantic.ValidationError) -> str:
 
 def load_config(command: str, path: str | Path | None, overrides: list[str] = ()) -> Section:
     """Read YAML, apply overrides, validate. Raises ConfigError with a one-line message."""
-    schema = COMMAND_CONFIGS[command]
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -275,6 +287,7 @@ def load_config(command: str, path: str | Path | None, overrides: list[str] = ()
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
+    schema = _schema(command, tree.get("domain"))
     try:
         return schema.model_validate(tree)
     except pydantic.ValidationError as error:

@@ -1,0 +1,1 @@
+"""Action policies: Diffusion Policy, its normalisation, configs, demonstrations, BC and evaluation."""

@@ -1,0 +1,86 @@
+"""Evaluate a Diffusion Policy over seeded episodes: success rate, return, score, videos.
+
+`genrl eval configs/policy/<task>.yaml output_dir=DIR [policy_path=DIR]` runs
+`eval.num_episodes` episodes (episode i reset with `eval.seed + i`, in waves of
+`eval.num_envs` vectorised envs), writes the summary to DIR/metrics.jsonl and
+DIR/summary.json, and saves the first `eval.num_videos` episodes as GIF/MP4 in DIR/samples/.
+The same function evaluates policies at the end of BC training and before/after RL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrl.envs import Episodes, make_vector_env, run_episodes, save_video
+from genrl.errors import ConfigError
+from genrl.policy.config import PolicyConfig
+from genrl.policy.diffusion_policy import DiffusionPolicy
+from genrl.run_dir import MetricsLog, prepare_output_dir
+from genrl.samplers import build_sampler
+
+
+def check_policy_fits_env(policy: DiffusionPolicy, vector_env, env_id: str) -> None:
+    obs_dim = vector_env.single_observation_space.shape[0]
+    action_dim = vector_env.single_action_space.shape[0]
+    if (obs_dim, action_dim) != (policy.obs_dim, policy.action_dim):
+        raise ConfigError(
+            f"the policy takes {policy.obs_dim} observation values and gives {policy.action_dim} actions, but env "
+            f"{env_id!r} has {obs_dim} and {action_dim} (trained for {policy.env_config.get('id', 'another env')!r}?)"
+        )
+
+
+def policy_actor(policy: DiffusionPolicy, sampler, generator: torch.Generator, on_chain=None):
+    """The `act` function of run_episodes: a chain per env, executed actions out.
+    `on_chain(trajectory, env_index)` sees every sampled chain (the RL trainers store them)."""
+
+    @torch.no_grad()
+    def act(obs_history: np.ndarray, env_index: np.ndarray) -> np.ndarray:
+        condition = policy.condition(torch.from_numpy(obs_history))
+        trajectory = sampler.sample(policy.denoiser, condition, (len(env_index), *policy.sample_shape), generator=generator)
+        if on_chain is not None:
+            on_chain(trajectory, env_index)
+        return policy.executed_actions(trajectory.sample).cpu().numpy()
+
+    return act
+
+
+def evaluate_policy(policy: DiffusionPolicy, env_config, eval_config, sampler, output_dir: Path | None = None,
+                    tag: str = "eval", progress: bool = True, seed_offset: int = 0) -> dict:
+    """Summary of `eval_config.num_episodes` seeded episodes; videos go to output_dir/samples/."""
+    num_envs = min(eval_config.num_envs, eval_config.num_episodes)
+    vector_env = make_vector_env(env_config, num_envs, render=eval_config.num_videos > 0 and output_dir is not None)
+    check_policy_fits_env(policy, vector_env, env_config.id)
+    seeds = [eval_config.seed + seed_offset + i for i in range(eval_config.num_episodes)]
+    generator = torch.Generator(policy.device).manual_seed(eval_config.seed + seed_offset)
+    act = policy_actor(policy, sampler, generator)
+    waves = []
+    for start in range(0, len(seeds), num_envs):
+        record = tuple(range(eval_config.num_videos)) if start == 0 and output_dir is not None else ()
+        waves.append(run_episodes(vector_env, act, seeds[start : start + num_envs], policy.n_obs_steps, policy.n_action_steps,
+                                  env_config.success_key, env_config.score_key, record_envs=record, progress=progress))
+    vector_env.close()
+    episodes = _merge(waves)
+    for index, frames in episodes.frames.items():
+        save_video(frames, output_dir / "samples" / f"{tag}_episode{index}.{eval_config.video_format}", eval_config.video_fps)
+    return episodes.summary(env_config.score_key)
+
+
+def _merge(waves: list[Episodes]) -> Episodes:
+    cat = lambda name: None if getattr(waves[0], name) is None else np.concatenate([getattr(w, name) for w in waves])  # noqa: E731
+    return Episodes(seeds=[s for w in waves for s in w.seeds], returns=cat("returns"), lengths=cat("lengths"),
+                    successes=cat("successes"), score_final=cat("score_final"), score_max=cat("score_max"),
+                    frames=waves[0].frames)
+
+
+def evaluate_policy_command(config: PolicyConfig) -> dict:
+    policy = DiffusionPolicy.from_pretrained(config.policy_path).eval()
+    sampler = build_sampler(config.eval.sampler, policy)
+    output_dir = prepare_output_dir(config)
+    summary = {"policy_path": config.policy_path, **evaluate_policy(policy, config.env, config.eval, sampler, output_dir)}
+    MetricsLog(output_dir / "metrics.jsonl").write({"step": 0, **summary})
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
