@@ -66,3 +66,38 @@ def tiny_flow_model_dir(tmp_path_factory):
     config = PretrainConfig.model_validate({**TINY_PRETRAIN, "schedule": {"family": "flow", "shift": 3.0}})
     build_model(config).save_pretrained(directory)
     return directory
+
+
+# ------------------------------------------------------------------ action policies
+UMAZE = "configs/policy/pointmaze_umaze.yaml"
+# A Diffusion Policy small enough for tests: 8-step chunks, a two-level UNet, 20 diffusion steps.
+TINY_POLICY_OVERRIDES = [
+    "policy.horizon=8", "policy.n_action_steps=4", "policy.down_dims=[8,16]", "policy.n_groups=4",
+    "policy.timestep_embed_dim=16", "policy.num_train_timesteps=20",
+    "eval.sampler.kind=ddim", "eval.sampler.num_steps=4", "eval.sampler.eta=0.0", "eval.num_videos=0",
+]
+
+
+@pytest.fixture(scope="session")
+def umaze_demos(tmp_path_factory):
+    """Four expert episodes in PointMaze U-maze, written by `collect`."""
+    from genrl.config import load_config
+    from genrl.policy.collect import collect
+
+    path = tmp_path_factory.mktemp("demos") / "umaze.zarr"
+    collect(load_config("collect", UMAZE, [f"dataset.path={path}", "collect.num_episodes=4"]))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(umaze_demos, tmp_path_factory):
+    """A random-init tiny Diffusion Policy for U-maze, saved like the shipped ones."""
+    from genrl.config import load_config
+    from genrl.data.demonstrations import load_demonstrations
+    from genrl.policy.pretrain import build_policy
+
+    torch.manual_seed(0)
+    config = load_config("pretrain", UMAZE, [f"dataset.path={umaze_demos}", *TINY_POLICY_OVERRIDES])
+    directory = tmp_path_factory.mktemp("tiny_policy")
+    build_policy(config, load_demonstrations(umaze_demos)).save_pretrained(directory)
+    return directory

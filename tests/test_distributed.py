@@ -46,3 +46,23 @@ def test_branching_and_critic_trainers_under_two_processes(tiny_model_dir, tmp_p
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
+
+
+def test_policy_rl_splits_environments_across_two_processes(tiny_policy_dir, tmp_path):
+    """DPPO (a DDP policy and a DDP value net; ranks whose episodes differ in length pad their
+    minibatches) and REBEL (padded gradient chunks) under two processes: each rank runs its own
+    envs with its own seeds, and the episodes of both are counted."""
+    from test_policy_rl import DPPO, TINY_RL
+
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    for trainer, extra in [("dppo", ["dppo.ft_denoising_steps=2"]), ("rebel", [])]:
+        out = tmp_path / trainer
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl", "train", DPPO, f"trainer={trainer}",
+                   f"policy_path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL, "num_iterations=2", *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = read_metrics(out / "metrics.jsonl")
+        assert [r["iteration"] for r in records] == [1, 2]
+        assert all(r["episodes"] == 2 * 4 for r in records)  # 4 envs on each of the 2 ranks

@@ -96,17 +96,18 @@ def load_demonstrations(path: str | Path) -> Demonstrations:
     try:
         root = zarr.open_group(str(path), mode="r")
         data, meta = root["data"], root["meta"]
+        action = np.asarray(data["action"][:], np.float32)
         demos = Demonstrations(
             obs=np.asarray(data["obs"][:], np.float32),
-            action=np.asarray(data["action"][:], np.float32),
-            reward=np.asarray(data["reward"][:], np.float32) if "reward" in data else np.zeros(len(data["action"]), np.float32),
+            action=action,
+            reward=np.asarray(data["reward"][:], np.float32) if "reward" in data else np.zeros(len(action), np.float32),
             episode_ends=np.asarray(meta["episode_ends"][:], np.int64),
             episode_success=np.asarray(meta["episode_success"][:], bool) if "episode_success" in meta else None,
             episode_seed=np.asarray(meta["episode_seed"][:], np.int64) if "episode_seed" in meta else None,
             episode_score=np.asarray(meta["episode_score"][:], np.float32) if "episode_score" in meta else None,
             attrs=dict(root.attrs),
         )
-    except (KeyError, ValueError, OSError, zarr.errors.BaseZarrError) as error:
+    except (KeyError, ValueError, TypeError, OSError, zarr.errors.BaseZarrError) as error:
         raise CheckpointError(f"dataset {path} is not a demonstration dataset (need data/obs, data/action, "
                               f"meta/episode_ends): {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if demos.num_episodes == 0 or len(demos.action) == 0:

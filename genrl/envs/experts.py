@@ -23,5 +23,3 @@ def make_expert(name: str, env, rng: np.random.Generator, **kwargs):
         return expert_class(env, rng, **kwargs)
     except TypeError as error:
         raise ConfigError(f"collect.expert_kwargs for {name!r}: {error}") from None
-    except AttributeError:
-        raise ConfigError(f"collect.expert {name!r} does not fit env {env.spec.id!r}") from None

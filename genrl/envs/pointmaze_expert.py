@@ -13,6 +13,8 @@ from collections import deque
 
 import numpy as np
 
+from genrl.errors import ConfigError
+
 
 def free_cells(maze_map: list[list]) -> set[tuple[int, int]]:
     """Cells the ball can occupy: everything that is not a wall (1); 'G', 'R', 'C' are free."""
@@ -44,6 +46,8 @@ class PointMazeExpert:
     """Reads the ball's state and the goal from the (unwrapped) env, like any scripted expert."""
 
     def __init__(self, env, rng: np.random.Generator, noise: float = 0.0, p_gain: float = 10.0, d_gain: float = 1.0):
+        if not hasattr(env.unwrapped, "maze") or not hasattr(env.unwrapped, "point_env"):
+            raise ConfigError(f"the pointmaze_planner expert needs a gymnasium-robotics PointMaze env, not {env.spec.id!r}")
         self.env = env.unwrapped
         self.maze = self.env.maze
         self.free = free_cells(self.maze.maze_map)

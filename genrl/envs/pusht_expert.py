@@ -23,6 +23,8 @@ import numpy as np
 import pymunk
 from gym_pusht.envs.pusht import PushTEnv
 
+from genrl.errors import ConfigError
+
 AGENT_RADIUS = 15.0
 GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])
 
@@ -76,6 +78,8 @@ class PushTExpert:
 
     def __init__(self, env, rng: np.random.Generator, noise: float = 0.0, contact_spacing: float = 20.0,
                  approach_speed: float = 30.0, settle_steps: int = 3, push_lengths=(2, 4, 6), push_speeds=(3.0, 6.0, 14.0)):
+        if not isinstance(env.unwrapped, PushTEnv):
+            raise ConfigError(f"the pusht_pusher expert needs gym-pusht's PushT env, not {env.spec.id!r}")
         self.env = env.unwrapped
         self.rng, self.noise = rng, noise
         self.contact_spacing = contact_spacing

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from genrl.errors import RewardError
+from genrl.errors import ConfigError, RewardError
 
 # act(observation histories (n, n_obs_steps, obs_dim), env indices (n,)) -> actions (n, n_action_steps, action_dim)
 ActFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -25,7 +25,7 @@ ActFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 class Decision:
     env_index: np.ndarray  # (n,) envs that were still running
     obs_history: np.ndarray  # (n, n_obs_steps, obs_dim) what the policy saw
-    reward: np.ndarray  # (n,) env reward summed over the executed actions
+    reward: np.ndarray  # (n,) reward (see run_episodes' `reward`) summed over the executed actions
     terminated: np.ndarray  # (n,) the episode ended in a terminal state during this chunk
     truncated: np.ndarray  # (n,) the episode hit its time limit during this chunk
     next_obs_history: np.ndarray  # (n, n_obs_steps, obs_dim) after the chunk
@@ -72,8 +72,16 @@ def run_episodes(
     score_key: str | None = None,
     record_envs: tuple[int, ...] = (),
     progress: bool = False,
+    reward: str = "env",
 ) -> Episodes:
-    """One episode in each of the first len(seeds) envs (env i reset with seeds[i]); extra envs idle."""
+    """One episode in each of the first len(seeds) envs (env i reset with seeds[i]); extra envs idle.
+
+    `reward` is what the decisions record (episode returns always report the env's reward):
+    "env" the env's reward; "success" 1 at the step the task is first solved (summing to the
+    episode's success); "score" the step's increase of info[score_key] (summing to the final score).
+    """
+    if reward not in ("env", "success", "score") or (reward == "score" and score_key is None):
+        raise ConfigError(f"reward {reward!r} needs one of env / success / score (score needs env.score_key)")
     num_envs = vector_env.num_envs
     count = len(seeds)
     if not 1 <= count <= num_envs:
@@ -87,6 +95,7 @@ def run_episodes(
     returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
     successes = np.zeros(num_envs, dtype=bool)
     score_final, score_max = np.zeros(num_envs), np.full(num_envs, -np.inf)
+    previous_score = np.zeros(num_envs)
     frames = {i: [vector_env.envs[i].render()] for i in record_envs if i < count}
     decisions = []
     bar = tqdm(desc="episodes", total=count, disable=not progress, leave=False)
@@ -97,7 +106,7 @@ def run_episodes(
         expected = (len(index), n_action_steps, action_space.shape[0])
         if chunk.shape != expected:
             raise ValueError(f"the policy returned actions of shape {chunk.shape}, expected {expected}")
-        reward, terminated, truncated = np.zeros(len(index)), np.zeros(len(index), bool), np.zeros(len(index), bool)
+        gained, terminated, truncated = np.zeros(len(index)), np.zeros(len(index), bool), np.zeros(len(index), bool)
         alive = running.copy()
         for j in range(n_action_steps):
             actions = np.broadcast_to(idle_action, (num_envs, *idle_action.shape)).copy()
@@ -108,14 +117,21 @@ def run_episodes(
                     continue  # ended earlier in this chunk; its env has moved on to a reset
                 if not np.isfinite(step_reward[i]):
                     raise RewardError(f"env {i} (seed {all_seeds[i]}) returned reward {step_reward[i]}")
-                reward[k] += step_reward[i]
                 returns[i] += step_reward[i]
                 lengths[i] += 1
                 history[i] = np.concatenate([history[i, 1:], observation[i : i + 1]])
-                successes[i] |= bool(_info_value(info, success_key, i, False))
+                solved = bool(_info_value(info, success_key, i, False))
+                if reward == "success":
+                    gained[k] += float(solved and not successes[i])
+                successes[i] |= solved
                 if score_key is not None:
                     score = float(_info_value(info, score_key, i, 0.0))
                     score_final[i], score_max[i] = score, max(score_max[i], score)
+                    if reward == "score":
+                        gained[k] += score - previous_score[i]
+                        previous_score[i] = score
+                if reward == "env":
+                    gained[k] += step_reward[i]
                 if i in frames:
                     frames[i].append(vector_env.envs[i].render())
                 if step_terminated[i] or step_truncated[i]:
@@ -123,7 +139,7 @@ def run_episodes(
                     terminated[k], truncated[k] = bool(step_terminated[i]), bool(step_truncated[i]) and not step_terminated[i]
             if not alive[index].any():
                 break
-        decisions.append(Decision(index, before, reward, terminated, truncated, history[index].copy()))
+        decisions.append(Decision(index, before, gained, terminated, truncated, history[index].copy()))
         bar.update(int(running.sum() - alive.sum()))
         running = alive
     bar.close()

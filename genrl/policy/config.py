@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from genrl.config import MixedPrecision, OptimizerConfig, RebelConfig, SamplerConfig, Section
+from genrl.config import MixedPrecision, OptimizerConfig, SamplerConfig, Section
 
 
 class EnvConfig(Section):
@@ -129,6 +129,14 @@ class DPPOConfig(Section):
     value_coef: float = Field(0.5, ge=0)
 
 
+class PolicyRebelConfig(Section):
+    """REBEL on actions: pairs of episodes from the same initial state (envs 2j and 2j+1)."""
+
+    eta_inverse: float = Field(1.0, gt=0)  # 1/eta scales the episodes' relative log-ratio
+    standardize_rewards: bool = True  # episode rewards divided by the batch's std, centred
+    pairs_per_update: int = Field(4, ge=1)  # pairs per optimizer step
+
+
 class PolicyRLConfig(Section):
     """`genrl train` for an action policy: DDPO (episode-level), DPPO or REBEL."""
 
@@ -142,10 +150,13 @@ class PolicyRLConfig(Section):
     sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=1.0)
     num_iterations: int = Field(50, ge=1)
     num_envs: int = Field(16, ge=1)  # episodes per iteration, per process (REBEL: pairs share an initial state)
-    episode_reward: Literal["return", "success"] = "return"  # ddpo / rebel: what an episode is worth
+    # The reward trained on: "env" the env's own; "success" 1 when the task is first solved; "score" the
+    # step's increase of info[score_key] (an episode sums to its final score: PushT's final coverage).
+    # DDPO and REBEL use the episode's sum, DPPO the per-decision values.
+    reward: Literal["env", "success", "score"] = "env"
     ppo: PolicyPPOConfig = PolicyPPOConfig()
     dppo: DPPOConfig = DPPOConfig()
-    rebel: RebelConfig = RebelConfig()
+    rebel: PolicyRebelConfig = PolicyRebelConfig()
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-5, weight_decay=0.0)
     train_batch_size: int = Field(512, ge=1)  # (chain, denoising step) pairs per optimizer step
     ema_decay: float = 0.0

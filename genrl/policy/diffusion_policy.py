@@ -3,6 +3,8 @@
 Directory layout (diffusers' formats, like the image models):
     model_index.json     {"_class_name": "DiffusionPolicy"}
     unet/                TemporalUnet1D (safetensors + config.json)
+    base_unet/           only after DPPO with ft_denoising_steps: the frozen network of the early steps
+                         (policy_config.json's finetuned_below_timestep says where the chain switches)
     scheduler/           DDPMScheduler (100 steps, squaredcos_cap_v2, epsilon, clip_sample)
     normalizer.json      observation / action statistics (required: see normalizer.py)
     policy_config.json   horizon, n_obs_steps, n_action_steps, obs_dim, action_dim, and the env
@@ -16,7 +18,6 @@ trainer applies unchanged.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from diffusers import DDPMScheduler
 
 from genrl.errors import CheckpointError, ConfigError
 from genrl.models.scheduled_model import ScheduledModel
+from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.models.temporal_unet import TemporalUnet1D
 from genrl.policy.normalizer import Normalizer
 
@@ -75,19 +77,18 @@ class DiffusionPolicy(ScheduledModel):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.network.save_pretrained(directory / "unet")
+        policy_config = dict(self.policy_config)
+        if isinstance(self.network, StepRoutedNetwork):  # DPPO partial fine-tuning: both halves of the chain
+            self.network.finetuned.save_pretrained(directory / "unet")
+            self.network.base.save_pretrained(directory / "base_unet")
+            policy_config["finetuned_below_timestep"] = self.network.switch_timestep
+        else:
+            self.network.save_pretrained(directory / "unet")
+            policy_config.pop("finetuned_below_timestep", None)
         self.scheduler.save_pretrained(directory / "scheduler")
         self.normalizer.save(directory)
-        (directory / POLICY_CONFIG).write_text(json.dumps(self.policy_config, indent=1))
+        (directory / POLICY_CONFIG).write_text(json.dumps(policy_config, indent=1))
         (directory / MODEL_INDEX).write_text(json.dumps({"_class_name": "DiffusionPolicy"}, indent=1))
-
-    def save_finetuned(self, output_dir: Path, network: torch.nn.Module, lora: bool = False, merged: bool = True) -> None:
-        """The fine-tuned policy as a full policy directory (`model/`), same statistics and config."""
-        network = copy.deepcopy(network)
-        if lora:
-            network.fuse_lora()
-            network.unload_lora()
-        DiffusionPolicy(network, self.scheduler, self.normalizer, self.policy_config).save_pretrained(output_dir / "model")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "DiffusionPolicy":
@@ -101,6 +102,9 @@ class DiffusionPolicy(ScheduledModel):
         try:
             policy_config = json.loads((directory / POLICY_CONFIG).read_text())
             network = TemporalUnet1D.from_pretrained(directory / "unet")
+            if (directory / "base_unet").is_dir():  # fine-tuned late steps, frozen early ones
+                base = TemporalUnet1D.from_pretrained(directory / "base_unet")
+                network = StepRoutedNetwork(base, network, policy_config["finetuned_below_timestep"])
             scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -19,6 +19,8 @@ def build_sampler(config, model) -> GaussianChainSampler:
             f"sampler.kind {config.kind!r} needs a {FAMILY_OF_SAMPLER[config.kind]} model, but the model is a "
             f"{model.family} model; use " + ("'flow_sde'" if model.family == "flow" else "'ddim' or 'ddpm'")
         )
+    if config.kind != "flow_sde" and config.num_steps > model.num_train_timesteps:
+        raise ConfigError(f"sampler.num_steps {config.num_steps} exceeds the model's {model.num_train_timesteps} training timesteps")
     if config.kind == "ddim":
         return DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
                            final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)

@@ -19,12 +19,19 @@ from genrl.trajectory import Trajectory
 
 
 class GaussianChainSampler:
-    """Base class: subclasses define `step_pairs` and `step_distribution`."""
+    """Base class: subclasses define `step_pairs` and `step_distribution`.
+
+    DPPO's stabilisers are attributes (off by default): `min_std` floors every step's std, in
+    sampling and re-scoring alike (so on-policy ratios stay exactly 1, and the tiny-std final
+    steps become trainable); `noise_clip` clamps the standard-normal sampling noise.
+    """
 
     #: pairs (t, t_prev) in sampling order: integer timesteps (t_prev = -1 for the last step)
     #: for diffusion, noise levels sigma (ending at 0) for flow models
     step_pairs: list[tuple]
     grid_dtype = torch.long
+    min_std: float = 0.0
+    noise_clip: float | None = None
 
     def network_timestep(self, denoiser, t: torch.Tensor) -> torch.Tensor:
         """The timestep value the network is called with at grid point t."""
@@ -57,7 +64,10 @@ class GaussianChainSampler:
         pairs = torch.tensor(self.step_pairs, dtype=self.grid_dtype, device=x_t.device)[step_index]
         t, t_prev = pairs[..., 0], pairs[..., 1]
         output = denoiser.model_output(x_t, self.network_timestep(denoiser, t), condition, guidance_scale, null_condition)
-        return self.step_distribution(denoiser, output, x_t, t, t_prev)
+        mean, std = self.step_distribution(denoiser, output, x_t, t, t_prev)
+        if self.min_std > 0:
+            std = torch.as_tensor(std).clamp(min=self.min_std)
+        return mean, std
 
     @torch.no_grad()
     def sample(
@@ -96,6 +106,8 @@ class GaussianChainSampler:
             mean, std = self.step(denoiser, x, index, condition, guidance_scale, null_condition)
             if std > 0:
                 noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                if self.noise_clip is not None:
+                    noise = noise.clamp(-self.noise_clip, self.noise_clip)
                 x = mean + std * noise
                 log_probs.append(gaussian_log_prob(x, mean, std, log_prob_reduce))
             else:  # deterministic step: no policy to score
@@ -138,7 +150,7 @@ class GaussianChainSampler:
 
     def stochastic_steps(self) -> list[int]:
         """Indices of the steps that carry a log-prob (std > 0): the ones a trainer may train."""
-        return [i for i in range(self.num_steps) if self.is_stochastic(i)]
+        return [i for i in range(self.num_steps) if self.min_std > 0 or self.is_stochastic(i)]
 
     def is_stochastic(self, step_index: int) -> bool:
         raise NotImplementedError

@@ -108,13 +108,13 @@ class GradientSteps:
                 self.ema.step(self.trainable)
 
 
-def _groups(num_items: int, batch_size: int, accumulation: int) -> list[list[torch.Tensor]]:
+def accumulation_groups(num_items: int, batch_size: int, accumulation: int) -> list[list[torch.Tensor]]:
     """Positions 0..num_items-1 cut into minibatches, the minibatches into accumulation groups."""
     minibatches = [torch.arange(start, min(start + batch_size, num_items)) for start in range(0, num_items, batch_size)]
     return [minibatches[i : i + accumulation] for i in range(0, len(minibatches), accumulation)]
 
 
-def _pad_to_common_count(accelerator, rows: list, pad_row) -> tuple[list, int]:
+def pad_to_common_count(accelerator, rows: list, pad_row) -> tuple[list, int]:
     """Pad this process's list to the largest count over processes (so DDP sees equal passes);
     returns (rows, number of real rows). Padded rows are trained with zero weight."""
     count = len(rows)
@@ -332,7 +332,7 @@ def train(config: TrainConfig) -> dict:
                 pairs = best_worst_pairs(local_rewards.cpu().numpy(), group_size)
             else:
                 pairs = [(i, i + 1) for i in range(0, num_local, 2)]
-            pairs, _ = _pad_to_common_count(accelerator, pairs, (0, 0))  # a pair with itself has zero gradient
+            pairs, _ = pad_to_common_count(accelerator, pairs, (0, 0))  # a pair with itself has zero gradient
             _rebel_updates(config, accelerator, model, sampler, trajectory, local_rewards, pairs, epoch_steps, stepper,
                            diagnostics, train_rng)
         else:
@@ -345,7 +345,7 @@ def train(config: TrainConfig) -> dict:
                 z_scores = local(stat_tracker.update(all_prompts, all_rewards))
                 kept = select_children(z_scores.cpu().numpy(), group_size, b2.positive_threshold, b2.negative_threshold)
                 record_extra["b2_kept_fraction"] = len(kept) / num_local
-                padded, real_count = _pad_to_common_count(accelerator, kept, 0)
+                padded, real_count = pad_to_common_count(accelerator, kept, 0)
                 weights = (torch.arange(len(padded), device=device) < real_count).float()  # padding trains with zero weight
                 index = torch.tensor(padded, dtype=torch.long)
                 advantages = z_scores.clamp(-config.ddpo.adv_clip_max, config.ddpo.adv_clip_max)[index.to(device)] * weights
@@ -435,7 +435,7 @@ def _per_step_updates(config, accelerator, model, sampler, trajectory, advantage
         step_orders = torch.stack(
             [steps_tensor[torch.randperm(len(steps), generator=train_rng)][:step_count] for _ in range(num_rows)]
         ) if num_rows else torch.zeros(0, step_count, dtype=torch.long)
-        for group in _groups(num_rows, config.train_batch_size, config.gradient_accumulation_steps):
+        for group in accumulation_groups(num_rows, config.train_batch_size, config.gradient_accumulation_steps):
             passes = len(group) * step_count
             for m, positions in enumerate(group):
                 rows = order[positions]
@@ -471,7 +471,7 @@ def _rebel_updates(config, accelerator, model, sampler, trajectory, rewards, pai
     eta_inverse = config.rebel.eta_inverse
     order = torch.randperm(len(pairs), generator=train_rng)
     pairs_tensor = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-    for group in _groups(len(pairs), config.train_batch_size // 2, config.gradient_accumulation_steps):
+    for group in accumulation_groups(len(pairs), config.train_batch_size // 2, config.gradient_accumulation_steps):
         for m, positions in enumerate(group):
             chosen = pairs_tensor[order[positions]]
             count = chosen.shape[0]

@@ -11,7 +11,8 @@ No clipping and no value network: the regression itself keeps the update small.
 Memory: the residual needs every step's log-prob, but holding the graph of ~20 network calls
 is what we avoid. `rebel_residuals` computes the residual without gradients; the gradient of
 the squared residual is then 2 * residual * d(residual)/d(theta), which is a sum over steps,
-so `rebel_step_loss` back-propagates one step at a time. The total gradient is exact.
+so `rebel_step_loss` back-propagates one step at a time (`rebel_signed_loss`: any chunk of
+terms, as the policy trainer uses for episodes of many chains). The total gradient is exact.
 """
 
 from __future__ import annotations
@@ -36,11 +37,20 @@ def rebel_residuals(
     return eta_inverse * (log_ratio_first - log_ratio_second) - (reward_first - reward_second)
 
 
+def rebel_signed_loss(log_prob: torch.Tensor, signed_residuals: torch.Tensor, num_pairs: int, eta_inverse: float = 1.0) -> torch.Tensor:
+    """A share of the loss gradient for any set of log-prob terms: each term (a step of a chain, of
+    any pair member) carries its pair's residual, signed + for the pair's first member and - for
+    the second. Summed over every term of every pair, the gradients equal `rebel_loss`'s:
+    d/dtheta mean_p r_p^2 = sum_terms (2/P) * eta_inverse * (+-r_p) * d log pi(term).
+    Its value is not the loss (log that from the residuals)."""
+    return (2.0 * eta_inverse / num_pairs * signed_residuals.detach() * log_prob).sum()
+
+
 def rebel_step_loss(
     step_log_prob_first: torch.Tensor, step_log_prob_second: torch.Tensor,
     residuals: torch.Tensor, eta_inverse: float = 1.0,
 ) -> torch.Tensor:
-    """One step's share of the loss gradient: summed over all trained steps, the gradients of
-    these equal the gradient of `rebel_loss`. Its value is not the loss (log it from the residuals)."""
-    weight = 2.0 * eta_inverse * residuals.detach() / residuals.numel()
-    return (weight * (step_log_prob_first - step_log_prob_second)).sum()
+    """One denoising step of every pair: summed over all trained steps, the gradients of these
+    equal the gradient of `rebel_loss`."""
+    return rebel_signed_loss(torch.cat([step_log_prob_first, step_log_prob_second]), torch.cat([residuals, -residuals]),
+                             residuals.numel(), eta_inverse)
