@@ -185,3 +185,21 @@ def test_collect_summary_reports_the_expert(tmp_path, capsys):
     demos = load_demonstrations(path)
     assert demos.obs.shape[1] == 18 and demos.episode_score is not None
     assert json.loads(json.dumps(demos.attrs["summary"]))["episodes_kept"] == 1
+
+
+@pytest.mark.parametrize("suffix", ["gif", "mp4"])
+def test_rollout_videos_are_written_as_gif_or_mp4(suffix, tmp_path):
+    import imageio.v3 as iio
+
+    from genrl.envs import save_video
+
+    env = make_env(env_config(PUSHT, "env.render_kwargs={visualization_width: 128, visualization_height: 128}"), render=True)
+    env.reset(seed=0)
+    frames = [env.render()]
+    for _ in range(4):
+        env.step(env.action_space.sample())
+        frames.append(env.render())
+    path = tmp_path / f"episode.{suffix}"
+    save_video(frames, path, fps=10)
+    video = iio.imread(path)
+    assert video.shape[0] == 5 and video.shape[1:3] == (128, 128)

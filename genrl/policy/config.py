@@ -125,6 +125,7 @@ class DPPOConfig(Section):
     clip_end: float = Field(1e-2, gt=0)  # clip range of its last (cleanest) step
     clip_rate: float = Field(3.0, gt=0)  # exponential rise from clip_start to clip_end
     value_learning_rate: float = Field(1e-3, gt=0)
+    critic_warmup_iterations: int = Field(2, ge=0)  # first iterations train only the value net (a fresh V gives noise advantages)
     value_hidden: int = Field(256, ge=8)
     value_coef: float = Field(0.5, ge=0)
 

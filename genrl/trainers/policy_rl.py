@@ -162,8 +162,10 @@ def train_policy(config: PolicyRLConfig) -> dict:
             _rebel_updates(config, accelerator, policy, sampler, batch, steps, stepper, diagnostics, rank, iteration)
         else:
             advantages = _chain_advantages(config, accelerator, policy, value_net, batch, diagnostics)
+            # DPPO's critic warm-up: while V is untrained, its advantages are noise; fit V alone.
+            policy_update = not (config.trainer == "dppo" and iteration < config.dppo.critic_warmup_iterations)
             _ppo_updates(config, accelerator, policy, sampler, batch, advantages, steps, network, optimizer, value_net,
-                         value_optimizer, ema, diagnostics, rank, iteration)
+                         value_optimizer, ema, diagnostics, rank, iteration, policy_update)
         network.eval()
         time_training = time.perf_counter() - started
 
@@ -264,10 +266,11 @@ def _chain_advantages(config, accelerator, policy, value_net, batch: RolloutBatc
 
 
 def _ppo_updates(config, accelerator, policy, sampler, batch: RolloutBatch, advantages, steps, network, optimizer,
-                 value_net, value_optimizer, ema, diagnostics, rank, iteration) -> None:
+                 value_net, value_optimizer, ema, diagnostics, rank, iteration, policy_update: bool = True) -> None:
     """PPO-clip over (chain, trained step) pairs; DPPO adds the chain discount, the rising clip
     and the value regression. Every process runs the same number of minibatches (padding
-    minibatches train with weight 0), so DDP's gradient all-reduce pairs up."""
+    minibatches train with weight 0), so DDP's gradient all-reduce pairs up. Without
+    `policy_update` the policy loss is weighted 0 (the value net still learns)."""
     device = accelerator.device
     trajectory = batch.trajectory
     num_chains, num_trained = trajectory.batch_size, len(steps)
@@ -291,7 +294,7 @@ def _ppo_updates(config, accelerator, policy, sampler, batch: RolloutBatch, adva
                 discount = denoising_discount(position, num_trained, config.dppo.gamma_denoise).to(device)
                 clip = clip_ranges(position, num_trained, config.dppo.clip_start, config.dppo.clip_end,
                                    config.dppo.clip_rate).to(device)
-                loss, info = ddpo_loss(log_prob, old_log_prob, chain_advantage * discount * weight, clip)
+                loss, info = ddpo_loss(log_prob, old_log_prob, chain_advantage * discount * weight * policy_update, clip)
                 prediction = value_net(chunk.condition["global_cond"].to(device))
                 value_loss = ((prediction - batch.returns[rows.to(device)]) ** 2).mean()
                 loss = loss + config.dppo.value_coef * value_loss * weight
@@ -299,13 +302,14 @@ def _ppo_updates(config, accelerator, policy, sampler, batch: RolloutBatch, adva
             else:
                 loss, info = ddpo_loss(log_prob, old_log_prob, chain_advantage * weight, config.ppo.clip_range)
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
-            optimizer.step()
+            if policy_update:
+                accelerator.clip_grad_norm_(network.parameters(), config.optimizer.max_grad_norm)
+                optimizer.step()
             optimizer.zero_grad()
             if value_optimizer is not None:
                 value_optimizer.step()
                 value_optimizer.zero_grad()
-            if ema is not None:
+            if ema is not None and policy_update:
                 ema.step(network.parameters())
             if weight:
                 for key, value in info.items():
