@@ -73,8 +73,8 @@ def table(results: dict, episodes: int, seeds: list[int]) -> str:
     lines = ["# Shipped Diffusion Policies (behaviour cloning) vs their experts", "",
              f"`.venv/bin/python benchmarks/policy_bc.py`: {episodes} episodes per seed set, mean ± std over "
              f"{len(seeds)} seed sets. Success for PushT = final coverage > 0.95.", "",
-             "| task | expert success (demos) | sampler | success rate | return | max coverage | final coverage | s per seed set |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| task | expert success (demos) | sampler | success rate | return | max coverage | final coverage |",
+             "|---|---|---|---|---|---|---|"]
     for task, result in results.items():
         expert = result["expert"]
         expert_text = f"{expert.get('expert_success_rate', float('nan')):.3f} ({result['dataset_episodes']} episodes kept)"
@@ -85,8 +85,7 @@ def table(results: dict, episodes: int, seeds: list[int]) -> str:
                 f"| {task} | {expert_text} | {name} | {mean_spread([r['success_rate'] for r in runs])} | "
                 f"{mean_spread([r['return_mean'] for r in runs])} | "
                 f"{mean_spread([r['coverage_max_mean'] for r in runs]) if coverage else '-'} | "
-                f"{mean_spread([r['coverage_mean'] for r in runs]) if coverage else '-'} | "
-                f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+                f"{mean_spread([r['coverage_mean'] for r in runs]) if coverage else '-'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,10 +13,20 @@ from genrl.errors import ConfigError
 DDPO = "configs/ddpo/shapes_compressibility.yaml"
 
 
-def test_shipped_recipes_validate():
-    for command, path in [("train", DDPO), ("train", "configs/ddpo/shapes_incompressibility.yaml"),
-                          ("pretrain", "configs/pretrain/shapes.yaml")]:
-        load_config(command, path)
+def test_every_shipped_recipe_validates():
+    commands = {"pretrain": ["pretrain"], "eval": ["eval"], "policy": ["collect", "pretrain", "eval"]}
+    paths = sorted(Path("configs").rglob("*.yaml"))
+    assert len(paths) >= 20
+    for path in paths:
+        for command in commands.get(path.parent.name, ["train"]):
+            load_config(command, path)
+
+
+def test_action_commands_need_action_configs():
+    with pytest.raises(ConfigError, match="collect` works on action-policy configs"):
+        load_config("collect", DDPO)
+    with pytest.raises(ConfigError, match="'domain'"):
+        load_config("train", DDPO, ["domain=audio"])
 
 
 def test_dotted_overrides_are_typed():
@@ -54,7 +65,7 @@ def test_cli_usage_error_is_one_line_with_exit_code_2():
 def test_cli_help_lists_commands():
     result = _cli("--help")
     assert result.returncode == 0
-    for command in ("pretrain", "train", "eval"):
+    for command in ("collect", "pretrain", "train", "eval"):
         assert command in result.stdout
 
 

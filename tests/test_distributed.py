@@ -56,7 +56,7 @@ def test_policy_rl_splits_environments_across_two_processes(tiny_policy_dir, tmp
 
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    for trainer, extra in [("dppo", ["dppo.ft_denoising_steps=2"]), ("rebel", [])]:
+    for trainer, extra in [("dppo", ["dppo.ft_denoising_steps=2"]), ("rebel", ["episodes_per_state=2"])]:
         out = tmp_path / trainer
         command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl", "train", DPPO, f"trainer={trainer}",

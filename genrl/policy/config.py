@@ -150,7 +150,11 @@ class PolicyRLConfig(Section):
     env: EnvConfig = EnvConfig(id="PointMaze_Medium-v3")
     sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=1.0)
     num_iterations: int = Field(50, ge=1)
-    num_envs: int = Field(16, ge=1)  # episodes per iteration, per process (REBEL: pairs share an initial state)
+    num_envs: int = Field(16, ge=1)  # episodes per iteration, per process
+    # Consecutive envs share an initial state (reset seed) in groups of this size. DDPO then
+    # standardises each episode's reward within its group, as DDPO's per-prompt statistics do:
+    # otherwise easy and hard start states, not actions, decide the advantages. REBEL needs 2.
+    episodes_per_state: int = Field(1, ge=1)
     # The reward trained on: "env" the env's own; "success" 1 when the task is first solved; "score" the
     # step's increase of info[score_key] (an episode sums to its final score: PushT's final coverage).
     # DDPO and REBEL use the episode's sum, DPPO the per-decision values.

@@ -5,8 +5,9 @@ One iteration:
   1. roll out `num_envs` seeded episodes per process (vectorised envs); every policy call
      samples a chain through the shared sampler and its Trajectory is stored;
   2. advantages, by trainer:
-       ddpo   the episode's reward (sum of the configured per-step reward), standardised over
-              the batch, for every chain of the episode;
+       ddpo   the episode's reward (sum of the configured per-step reward), standardised within
+              its group of episodes from one initial state (or over the batch), for every chain
+              of the episode;
        dppo   GAE over the episode's decisions with a value network V(observation history),
               discounted along the chain by gamma_denoise (dppo.py);
        rebel  pairs of episodes from the same initial state; regression of the relative
@@ -53,18 +54,20 @@ TRAIN_SEED_BASE = 1_000_000  # training episodes use seeds from here on; evaluat
 
 
 def _check(config: PolicyRLConfig) -> None:
-    if config.trainer == "rebel" and config.num_envs % 2:
-        raise ConfigError(f"trainer rebel compares pairs of episodes: num_envs must be even (got {config.num_envs})")
+    if config.trainer == "rebel" and config.episodes_per_state != 2:
+        raise ConfigError(f"trainer rebel compares pairs of episodes from one initial state: set episodes_per_state=2 "
+                          f"(got {config.episodes_per_state})")
+    if config.num_envs % config.episodes_per_state:
+        raise ConfigError(f"num_envs {config.num_envs} must be a multiple of episodes_per_state ({config.episodes_per_state})")
     if config.reward == "score" and config.env.score_key is None:
         raise ConfigError("reward 'score' needs env.score_key (the info value to reward, e.g. coverage)")
 
 
 def episode_seeds(config: PolicyRLConfig, iteration: int, rank: int, world: int) -> list[int]:
-    """Reset seeds of this process's episodes at this iteration; REBEL's pairs share one."""
+    """Reset seeds of this process's episodes at this iteration; each group of
+    `episodes_per_state` consecutive envs shares one (REBEL's pairs, DDPO's groups)."""
     first = TRAIN_SEED_BASE * (config.seed + 1) + (iteration * world + rank) * config.num_envs
-    if config.trainer == "rebel":
-        return [first + j // 2 for j in range(config.num_envs)]
-    return [first + j for j in range(config.num_envs)]
+    return [first + j // config.episodes_per_state for j in range(config.num_envs)]
 
 
 def train_policy(config: PolicyRLConfig) -> dict:
@@ -247,7 +250,12 @@ def _chain_advantages(config, accelerator, policy, value_net, batch: RolloutBatc
     For DPPO, also stores the value targets on the batch (batch.returns)."""
     device = accelerator.device
     if config.trainer == "ddpo":
-        episode_advantage = _standardize(accelerator, torch.as_tensor(batch.episode_rewards, dtype=torch.float32, device=device))
+        rewards = torch.as_tensor(batch.episode_rewards, dtype=torch.float32, device=device)
+        if config.episodes_per_state > 1:  # per initial state, like DDPO's per-prompt statistics
+            groups = rewards.view(-1, config.episodes_per_state)
+            episode_advantage = ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-4)).flatten()
+        else:
+            episode_advantage = _standardize(accelerator, rewards)
         return episode_advantage[torch.as_tensor(batch.env_index, device=device)].clamp(-config.ppo.adv_clip_max,
                                                                                         config.ppo.adv_clip_max)
     condition = batch.trajectory.condition["global_cond"].to(device)
