@@ -35,6 +35,8 @@ class SamplerConfig(Section):
     guidance_scale: float = 1.0  # classifier-free guidance; 1.0 = off
     final_alpha_one: bool = False  # False keeps the last DDIM step stochastic (as SD/DDPO do)
     steps_offset: int = 1  # DDIM grid ends at t=1 (SD's scheduler setting)
+    min_std: float = Field(0.0, ge=0)  # DPPO: floor on every step's std, in sampling and re-scoring alike
+    noise_clip: float | None = Field(None, gt=0)  # DPPO: clamp the standard-normal sampling noise to +-noise_clip
 
 
 class PromptConfig(Section):

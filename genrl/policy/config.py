@@ -119,8 +119,6 @@ class DPPOConfig(Section):
     gae_lambda: float = Field(0.95, ge=0, le=1)
     gamma_denoise: float = Field(0.99, ge=0, le=1)  # the advantage of step k is discounted by gamma_denoise^(K-1-k)
     ft_denoising_steps: int | None = Field(None, ge=1)  # train only the chain's last k steps (None: all)
-    min_std: float = Field(0.1, ge=0)  # floor on every step's std, sampling and log-prob alike (normalised units)
-    noise_clip: float | None = Field(3.0, gt=0)  # clamp the sampling noise to +-noise_clip std
     clip_start: float = Field(1e-3, gt=0)  # clip range of the chain's first trained (noisiest) step
     clip_end: float = Field(1e-2, gt=0)  # clip range of its last (cleanest) step
     clip_rate: float = Field(3.0, gt=0)  # exponential rise from clip_start to clip_end
@@ -148,7 +146,10 @@ class PolicyRLConfig(Section):
     resume: bool = False
     policy_path: str = "models/policy-pointmaze-medium"
     env: EnvConfig = EnvConfig(id="PointMaze_Medium-v3")
-    sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=1.0)
+    # DPPO's stabilisers are sampler settings, so they hold for every trainer and for evaluation:
+    # min_std floors each denoising step's std (without it the near-deterministic final steps, std
+    # ~1e-2, dominate the gradient with noise), noise_clip clamps the sampling noise.
+    sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=1.0, min_std=0.1, noise_clip=3.0)
     num_iterations: int = Field(50, ge=1)
     num_envs: int = Field(16, ge=1)  # episodes per iteration, per process
     # Consecutive envs share an initial state (reset seed) in groups of this size. DDPO then

@@ -22,9 +22,12 @@ def build_sampler(config, model) -> GaussianChainSampler:
     if config.kind != "flow_sde" and config.num_steps > model.num_train_timesteps:
         raise ConfigError(f"sampler.num_steps {config.num_steps} exceeds the model's {model.num_train_timesteps} training timesteps")
     if config.kind == "ddim":
-        return DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
-                           final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)
-    if config.kind == "ddpm":
-        return DDPMSampler(model.num_train_timesteps, config.num_steps)
-    return FlowSDESampler(config.num_steps, noise_level=config.noise_level, shift=model.shift,
-                          num_train_timesteps=model.num_train_timesteps)
+        sampler = DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
+                              final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)
+    elif config.kind == "ddpm":
+        sampler = DDPMSampler(model.num_train_timesteps, config.num_steps)
+    else:
+        sampler = FlowSDESampler(config.num_steps, noise_level=config.noise_level, shift=model.shift,
+                                 num_train_timesteps=model.num_train_timesteps)
+    sampler.min_std, sampler.noise_clip = config.min_std, config.noise_clip
+    return sampler

@@ -15,8 +15,8 @@ One iteration:
   3. `ppo.update_epochs` passes over the (chain, trained denoising step) pairs: DDPO's PPO-clip
      (ddpo.py) with one clip range (ddpo) or DPPO's rising clip per step (dppo); REBEL's exact
      step-by-step gradient of its squared residual.
-DPPO's stabilisers live in the sampler (std floor and noise clamp, used alike for sampling,
-re-scoring and evaluation) and in a StepRoutedNetwork (only the last `ft_denoising_steps` steps
+DPPO's stabilisers live in the sampler (`sampler.min_std`, `sampler.noise_clip`: used alike for
+sampling, re-scoring and evaluation, by every trainer) and in a StepRoutedNetwork (only the last `ft_denoising_steps` steps
 use the fine-tuned copy). Devices, DDP, mixed precision and checkpoints are accelerate's; with
 several processes each runs its own envs (distinct seeds) and gradients are all-reduced.
 """
@@ -76,11 +76,9 @@ def train_policy(config: PolicyRLConfig) -> dict:
     if isinstance(policy.network, StepRoutedNetwork):
         raise ConfigError(f"policy_path {config.policy_path} was already partially fine-tuned by DPPO; start from its base policy")
     sampler = build_sampler(config.sampler, policy)
-    if config.trainer == "dppo":
-        sampler.min_std, sampler.noise_clip = config.dppo.min_std, config.dppo.noise_clip
     steps = sampler.stochastic_steps()
     if not steps:
-        raise ConfigError("sampler has no stochastic step to train (DDIM needs eta > 0, or set dppo.min_std)")
+        raise ConfigError("sampler has no stochastic step to train (DDIM needs eta > 0, or set sampler.min_std)")
     finetuned_steps = config.dppo.ft_denoising_steps if config.trainer == "dppo" else None
     if finetuned_steps is not None:
         if finetuned_steps > len(steps):
