@@ -1,6 +1,6 @@
 """Success of the shipped Diffusion Policies (behaviour cloning) and of the experts that taught them.
 
-    .venv/bin/python benchmarks/policy_bc.py [--tasks pointmaze_umaze pointmaze_medium pusht] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/policy_bc.py [--tasks pointmaze_umaze pointmaze_medium pusht] [--seeds 0 1 2] [--table]
 
 Each shipped policy (models/policy-*) is evaluated with its config's evaluation settings
 (DDPM, 100 steps: Diffusion Policy's reference sampler) on `--episodes` episodes for each of
@@ -39,8 +39,13 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["pointmaze_umaze", "pointmaze_medium", "pusht"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--table", action="store_true", help="only rebuild the table from the saved results")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.table:
+        table_text = table(json.loads((RESULTS / "policy_bc.json").read_text()), args.episodes, args.seeds)
+        (RESULTS / "policy_bc.md").write_text(table_text)
+        print(table_text)
+        return
     results = {}
     for task in args.tasks:
         config = load_config("eval", ROOT / "configs" / "policy" / f"{task}.yaml")
@@ -73,8 +78,8 @@ def table(results: dict, episodes: int, seeds: list[int]) -> str:
     lines = ["# Shipped Diffusion Policies (behaviour cloning) vs their experts", "",
              f"`.venv/bin/python benchmarks/policy_bc.py`: {episodes} episodes per seed set, mean ± std over "
              f"{len(seeds)} seed sets. Success for PushT = final coverage > 0.95.", "",
-             "| task | expert success (demos) | sampler | success rate | return | max coverage | final coverage |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | expert success (demos) | sampler | success rate | return | episode length | max coverage | "
+             "final coverage | s per seed set |", "|---|---|---|---|---|---|---|---|---|"]
     for task, result in results.items():
         expert = result["expert"]
         expert_text = f"{expert.get('expert_success_rate', float('nan')):.3f} ({result['dataset_episodes']} episodes kept)"
@@ -84,8 +89,10 @@ def table(results: dict, episodes: int, seeds: list[int]) -> str:
             lines.append(
                 f"| {task} | {expert_text} | {name} | {mean_spread([r['success_rate'] for r in runs])} | "
                 f"{mean_spread([r['return_mean'] for r in runs])} | "
+                f"{mean_spread([r['episode_length_mean'] for r in runs])} | "
                 f"{mean_spread([r['coverage_max_mean'] for r in runs]) if coverage else '-'} | "
-                f"{mean_spread([r['coverage_mean'] for r in runs]) if coverage else '-'} |")
+                f"{mean_spread([r['coverage_mean'] for r in runs]) if coverage else '-'} | "
+                f"{mean_spread([r['seconds'] for r in runs])} |")
     return "\n".join(lines) + "\n"
 
 

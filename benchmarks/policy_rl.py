@@ -76,8 +76,9 @@ def build_table() -> str:
     lines = ["# RL fine-tuning of the shipped Diffusion Policies (CPU)", "",
              "Made by `benchmarks/policy_rl.py`; mean ± std over seeds. Before/after: the run's own evaluation "
              "(fixed seeds, the training sampler). CPU minutes = user + system time of the training process.", "",
-             "| run | seeds | success before | success after | gain (points) | coverage before | coverage after | "
-             "env steps | CPU min | wall min |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | seeds | success before | success after | gain (points) | episode length before | after | "
+             "coverage before | coverage after | env steps | CPU min | wall min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (_, _, score) in RUNS.items():
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_seed*.json"))]
         if not results:
@@ -87,7 +88,9 @@ def build_table() -> str:
         coverage = ("-", "-") if score is None else (_mean_spread([x[f"{score}_mean_before"] for x in s]),
                                                      _mean_spread([x[f"{score}_mean_after"] for x in s]))
         lines.append(f"| {name} | {len(s)} | {_mean_spread([x['success_rate_before'] for x in s])} | "
-                     f"{_mean_spread([x['success_rate_after'] for x in s])} | {_mean_spread(gain, 1)} | {coverage[0]} | "
+                     f"{_mean_spread([x['success_rate_after'] for x in s])} | {_mean_spread(gain, 1)} | "
+                     f"{_mean_spread([x['episode_length_mean_before'] for x in s], 1)} | "
+                     f"{_mean_spread([x['episode_length_mean_after'] for x in s], 1)} | {coverage[0]} | "
                      f"{coverage[1]} | {_mean_spread([x['env_steps'] for x in s], 0)} | "
                      f"{_mean_spread([r['cpu_minutes'] for r in results], 1)} | {_mean_spread([r['wall_minutes'] for r in results], 1)} |")
     lines += ["", "## Commands", ""]

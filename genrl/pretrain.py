@@ -26,7 +26,7 @@ from genrl.evaluate import make_prompts, sample_images, score_images
 from genrl.models.networks import build_network
 from genrl.models.prompt_diffusion_model import PromptDiffusionModel
 from genrl.models.text_encoder import PromptEncoder, WordTokenizer
-from genrl.run_dir import MetricsLog, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint, save_grid
+from genrl.run_dir import MetricsLog, RunningLoss, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint, save_grid
 from genrl.shapes import VOCABULARY, generate_batch
 
 
@@ -107,7 +107,7 @@ def pretrain(config: PretrainConfig) -> dict:
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
 
     progress = tqdm(range(start_step, config.max_steps), desc="pretrain", disable=not accelerator.is_main_process, initial=start_step, total=config.max_steps)
-    running_loss = 0.0
+    running_loss = RunningLoss(log, accelerator, progress, config.log_every)
     for step in progress:
         # Seeded per (run, rank, step): reproducible, and a resumed run sees the same data.
         rng = np.random.default_rng([config.seed, accelerator.process_index, step])
@@ -126,13 +126,7 @@ def pretrain(config: PretrainConfig) -> dict:
             lr_schedule.step()
             optimizer.zero_grad()
         ema.step(trainable.parameters())
-        running_loss += loss.item()
-        if (step + 1) % config.log_every == 0:
-            record = {"step": step + 1, "loss": running_loss / config.log_every, "lr": lr_schedule.get_last_lr()[0]}
-            log.write(record)
-            accelerator.log(record, step=step + 1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-            running_loss = 0.0
+        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
             save_checkpoint(accelerator, output_dir, step + 1, {"step": step + 1})
 

@@ -98,6 +98,26 @@ class MetricsLog:
             handle.write(json.dumps(clean) + "\n")
 
 
+class RunningLoss:
+    """A pretraining loop's loss, averaged over `every` steps and reported then: metrics.jsonl,
+    the accelerate tracker and the progress bar."""
+
+    def __init__(self, log: MetricsLog, accelerator, progress, every: int):
+        self.log, self.accelerator, self.progress, self.every = log, accelerator, progress, every
+        self.total = 0.0
+
+    def add(self, step: int, loss: float, learning_rate: float) -> None:
+        """Record the loss of (1-based) `step`; report the average on every `every`-th step."""
+        self.total += loss
+        if step % self.every:
+            return
+        record = {"step": step, "loss": self.total / self.every, "lr": learning_rate}
+        self.log.write(record)
+        self.accelerator.log(record, step=step)
+        self.progress.set_postfix(loss=f"{record['loss']:.4f}")
+        self.total = 0.0
+
+
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -2,9 +2,28 @@ import os
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts and ends without accelerate's process-wide state (the CLI creates it)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def run_cli(*args):
+    """Run `genrl ...` in-process; returns the exit code."""
+    from genrl.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code
 
 
 @pytest.fixture

@@ -4,30 +4,14 @@
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import TINY_TRAIN_OVERRIDES, run_cli
 
-from genrl.cli import main
 from genrl.run_dir import read_metrics
 from genrl.trainers.ddpo import ddpo_loss
 from genrl.trainers.stat_tracker import PerPromptStatTracker
 from rewards import REWARDS, RewardOutput
 
-from conftest import TINY_TRAIN_OVERRIDES
-
 DDPO = "configs/ddpo/shapes_compressibility.yaml"
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def run_cli(*args):
-    """Run `genrl ...` in-process; returns the exit code."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 def test_on_policy_loss_is_minus_mean_advantage_and_nothing_is_clipped():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import TINY_POLICY_OVERRIDES, UMAZE, run_cli
 from diffusers import DDIMScheduler
 
-from genrl.cli import main
 from genrl.config import SamplerConfig
 from genrl.errors import CheckpointError, ConfigError
 from genrl.models.temporal_unet import TemporalUnet1D
@@ -18,21 +18,6 @@ from genrl.policy.diffusion_policy import DiffusionPolicy
 from genrl.policy.normalizer import FieldNormalizer, Normalizer
 from genrl.run_dir import read_metrics
 from genrl.samplers import build_sampler
-
-from conftest import TINY_POLICY_OVERRIDES, UMAZE
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def run_cli(*args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 def test_temporal_unet_shapes_conditioning_and_save_load(tmp_path):

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from genrl.run_dir import read_metrics
-
 from conftest import TINY_TRAIN_OVERRIDES
+
+from genrl.run_dir import read_metrics
 
 
 def test_ddpo_under_accelerate_launch_with_two_processes(tiny_model_dir, tmp_path):

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import zarr
+from conftest import UMAZE, run_cli
 
-from genrl.cli import main
 from genrl.config import load_config
 from genrl.data.demonstrations import load_demonstrations, window_indices
 from genrl.envs import make_env, make_vector_env, run_episodes
@@ -15,19 +15,11 @@ from genrl.envs.experts import make_expert
 from genrl.envs.pointmaze_expert import shortest_cell_path
 from genrl.errors import CheckpointError, ConfigError
 
-from conftest import UMAZE
-
 PUSHT = "configs/policy/pusht.yaml"
 
 
 def env_config(path=UMAZE, *overrides):
     return load_config("collect", path, list(overrides)).env
-
-
-def run_cli(*args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 # ------------------------------------------------------------------ the adapter

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
+from conftest import run_cli
+from tiny_pipelines import build_tiny_sd, build_tiny_sd3, build_tiny_sdxl
 
-from genrl.cli import main
 from genrl.denoiser import GuidedNetwork
 from genrl.errors import CheckpointError
 from genrl.models.loading import load_model
 from genrl.run_dir import read_metrics
-from tiny_pipelines import build_tiny_sd, build_tiny_sd3, build_tiny_sdxl
 
 SD_CONFIG = "configs/ddpo/sd15_compressibility.yaml"
 TINY = ["model.resolution=16", "model.gradient_checkpointing=false", "model.save_merged_model=true",
@@ -24,13 +23,6 @@ TINY = ["model.resolution=16", "model.gradient_checkpointing=false", "model.save
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipelines")
     return {"sd": build_tiny_sd(root / "sd"), "sdxl": build_tiny_sdxl(root / "sdxl"), "sd3": build_tiny_sd3(root / "sd3")}
-
-
-def run_cli(*args):
-    AcceleratorState._reset_state(reset_partial_state=True)
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl", "sd3"])

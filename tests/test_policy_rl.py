@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import run_cli
 
-from genrl.cli import main
 from genrl.config import SamplerConfig
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.policy.diffusion_policy import DiffusionPolicy
@@ -25,19 +25,6 @@ TINY_RL = ["env.id=PointMaze_UMaze-v3", "env.max_episode_steps=40", "env.kwargs=
            "num_envs=4", "sampler.num_steps=4", "train_batch_size=32", "ppo.update_epochs=1", "eval.num_episodes=2", "eval.num_envs=2", "eval.num_videos=0",
            "log_with=[]", "checkpoint_every=1", "optimizer.learning_rate=1e-3", "rebel.pairs_per_update=1",
            "dppo.ft_denoising_steps=null"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def run_cli(*args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 # ------------------------------------------------------------------ DPPO's formulas

@@ -3,12 +3,11 @@
 import pytest
 import yaml
 from accelerate.state import AcceleratorState
+from conftest import TINY_PRETRAIN
 
 from genrl.cli import main
 from genrl.models.loading import load_model
 from genrl.run_dir import read_metrics
-
-from conftest import TINY_PRETRAIN
 
 
 @pytest.mark.parametrize("family", ["diffusion", "flow"])

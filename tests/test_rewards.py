@@ -1,10 +1,10 @@
+import numpy as np
 import pytest
 import torch
 
 from genrl.errors import ConfigError, RewardError
 from genrl.shapes import generate_batch
 from rewards import REWARDS, RewardOutput, compute_reward, get_reward
-import numpy as np
 
 
 def test_jpeg_rewards_prefer_flat_over_noisy_images():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import TINY_TRAIN_OVERRIDES, run_cli
 
-from genrl.cli import main
 from genrl.config import SamplerConfig
 from genrl.evaluate import sample_trajectory
 from genrl.models.loading import load_model
@@ -19,22 +19,6 @@ from genrl.trainers.ddpo import ddpo_loss
 from genrl.trainers.pxpo import pixel_advantages, pixel_map_to_state, pxpo_loss
 from genrl.trainers.rebel import rebel_loss, rebel_residuals, rebel_step_loss
 from genrl.trainers.sft_pg import critic_loss, sft_pg_loss
-from rewards import REWARDS, RewardOutput
-
-from conftest import TINY_TRAIN_OVERRIDES
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
-def run_cli(*args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code
 
 
 def tiny_chain(model_dir, num_prompts=4, steps=4, seed=0, **sampler_kwargs):

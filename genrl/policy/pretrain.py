@@ -30,7 +30,7 @@ from genrl.policy.config import PolicyConfig
 from genrl.policy.diffusion_policy import DiffusionPolicy
 from genrl.policy.evaluate import evaluate_policy
 from genrl.policy.normalizer import Normalizer
-from genrl.run_dir import MetricsLog, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint
+from genrl.run_dir import MetricsLog, RunningLoss, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint
 from genrl.samplers import build_sampler
 
 
@@ -102,7 +102,7 @@ def pretrain_policy(config: PolicyConfig) -> dict:
 
     progress = tqdm(range(start_step, bc.max_steps), desc="pretrain policy", disable=not accelerator.is_main_process,
                     initial=start_step, total=bc.max_steps)
-    running_loss = 0.0
+    running_loss = RunningLoss(log, accelerator, progress, bc.log_every)
     network.train()
     for step in progress:
         generator = torch.Generator(device).manual_seed(hash((config.seed, accelerator.process_index, step)) % 2**62)
@@ -122,13 +122,7 @@ def pretrain_policy(config: PolicyConfig) -> dict:
         lr_schedule.step()
         optimizer.zero_grad()
         ema.step(network.parameters())
-        running_loss += loss.item()
-        if (step + 1) % bc.log_every == 0:
-            record = {"step": step + 1, "loss": running_loss / bc.log_every, "lr": lr_schedule.get_last_lr()[0]}
-            log.write(record)
-            accelerator.log(record, step=step + 1)
-            progress.set_postfix(loss=f"{record['loss']:.4f}")
-            running_loss = 0.0
+        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0])
         if (step + 1) % bc.checkpoint_every == 0 or step + 1 == bc.max_steps:
             save_checkpoint(accelerator, output_dir, step + 1, {"step": step + 1})
 
