@@ -61,8 +61,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Pa
     """accelerate save_state into checkpoints/checkpoint-<step>, atomically; every rank takes part."""
     final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
     staging = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and staging.exists():
-        shutil.rmtree(staging)
+    if accelerator.is_main_process:
+        if staging.exists():
+            shutil.rmtree(staging)
+        # Made here, before the barrier: accelerate creates it on the main process only, and the
+        # other ranks' RNG-state files would otherwise race that creation.
+        staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
