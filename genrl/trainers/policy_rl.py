@@ -16,8 +16,8 @@ One iteration:
      (ddpo.py) with one clip range (ddpo) or DPPO's rising clip per step (dppo); REBEL's exact
      step-by-step gradient of its squared residual.
 DPPO's stabilisers live in the sampler (`sampler.min_std`, `sampler.noise_clip`: used alike for
-sampling, re-scoring and evaluation, by every trainer) and in a StepRoutedNetwork (only the last `ft_denoising_steps` steps
-use the fine-tuned copy). Devices, DDP, mixed precision and checkpoints are accelerate's; with
+sampling, re-scoring and evaluation, by every trainer) and in a StepRoutedNetwork (only the
+last `ft_denoising_steps` steps use the fine-tuned copy). Devices, DDP, mixed precision and checkpoints are accelerate's; with
 several processes each runs its own envs (distinct seeds) and gradients are all-reduced.
 """
 
