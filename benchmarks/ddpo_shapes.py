@@ -8,8 +8,8 @@ Claims measured (issue "Foundation", benchmarks):
 
 Run:  .venv/bin/python benchmarks/ddpo_shapes.py [--config C] [--epochs N] [--seed S]
       (--config configs/ddpo/shapes_flow_compressibility.yaml for the flow model)
-Writes benchmarks/results/<config name>_seed<S>.{json,md} and the run itself under
-runs/bench_<config name>_seed<S>/.
+Writes benchmarks/results/<config name>_seed<S>.{json,md} and the run itself under a new
+runs/bench_<config name>_seed<S>_<date-time>/ (earlier runs are kept).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -74,8 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     name = Path(args.config).stem + (f"_{args.tag}" if args.tag else "")
-    out = ROOT / f"runs/bench_{name}_seed{args.seed}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = ROOT / f"runs/bench_{name}_seed{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"  # new: earlier runs are kept
     config = load_config("train", ROOT / args.config, [
         f"output_dir={out}", f"num_epochs={args.epochs}", f"seed={args.seed}", f"eval_samples={args.eval_samples}",
         *args.overrides,

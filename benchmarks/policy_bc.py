@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/policy_bc.py [--tasks pointmaze_umaze pointmaze_medium pusht] [--seeds 0 1 2] [--table]
 
-Each shipped policy (models/policy-*) is evaluated with its config's evaluation settings
-(DDPM, 100 steps: Diffusion Policy's reference sampler) on `--episodes` episodes for each of
-several seed sets (seed set s uses env seeds eval.seed + s * 10000 + i), and also with 10 DDIM
-steps (eta 0). The expert's own success and score come from the dataset the policy was trained
-on (recorded by `genrl collect`). Results: benchmarks/results/policy_bc.{json,md}.
+Each shipped policy (models/policy-*) is evaluated with its eval recipe's settings
+(configs/eval/policy_<task>.yaml: DDPM, 100 steps, Diffusion Policy's reference sampler) on
+`--episodes` episodes for each of several seed sets (seed set s uses env seeds
+eval.seed + s * 10000 + i), and also with 10 DDIM steps (eta 0). The expert's own success and
+score come from the dataset the policy was trained on (the pretrain recipe's data.path, recorded
+by `genrl collect`). Results: benchmarks/results/policy_bc.{json,md}.
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from genrl.config import SamplerConfig, load_config
 from genrl.data.demonstrations import load_demonstrations
-from genrl.policy.diffusion_policy import DiffusionPolicy
-from genrl.policy.evaluate import evaluate_policy
+from genrl.evaluation.episodes import evaluate_policy
+from genrl.policies.diffusion import DiffusionPolicy
 from genrl.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +47,18 @@ def main() -> None:
         return
     results = {}
     for task in args.tasks:
-        config = load_config("eval", ROOT / "configs" / "policy" / f"{task}.yaml")
-        policy = DiffusionPolicy.from_pretrained(ROOT / config.policy_path).eval()
-        demos = load_demonstrations(ROOT / config.dataset.path)
-        task_result = {"policy": config.policy_path, "expert": demos.attrs.get("summary", {}),
+        config = load_config("eval", ROOT / "configs" / "eval" / f"policy_{task}.yaml")
+        dataset = load_config("pretrain", ROOT / "configs" / "pretrain" / f"policy_{task}.yaml").data.path
+        policy = DiffusionPolicy.from_pretrained(ROOT / config.model.path).eval()
+        demos = load_demonstrations(ROOT / dataset)
+        task_result = {"policy": config.model.path, "expert": demos.attrs.get("summary", {}),
                        "dataset_episodes": demos.num_episodes, "dataset_steps": int(len(demos.action))}
         for name, sampler_config in SAMPLERS.items():
             runs = []
             for seed in args.seeds:
-                eval_config = config.eval.model_copy(update={"num_episodes": args.episodes, "num_videos": 0})
+                eval_config = config.rollout.eval.model_copy(update={"num_episodes": args.episodes, "num_videos": 0})
                 started = time.perf_counter()
-                summary = evaluate_policy(policy, config.env, eval_config, build_sampler(sampler_config, policy),
+                summary = evaluate_policy(policy, config.rollout.env, eval_config, build_sampler(sampler_config, policy),
                                           seed_offset=seed * 10000, progress=False)
                 summary["seconds"] = time.perf_counter() - started
                 print(task, name, seed, json.dumps(summary), flush=True)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from genrl.config import SamplerConfig
-from genrl.policy.diffusion_policy import DiffusionPolicy
-from genrl.policy.evaluate import policy_actor
+from genrl.evaluation.episodes import policy_actor
+from genrl.policies.diffusion import DiffusionPolicy
 from genrl.samplers import build_sampler
 
 ROOT = Path(__file__).resolve().parents[1]

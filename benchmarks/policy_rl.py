@@ -8,7 +8,9 @@ steps and CPU minutes, several seeds.
 Each run is a real `genrl train` in its own process; its CPU time is the process's user + system
 time (resource.getrusage of the child), wall time alongside. Before/after are the run's own
 evaluations (`eval.num_episodes` fixed-seed episodes with the sampler the policy is trained
-with). Finished runs are skipped. Per-run results: benchmarks/results/policy_rl/, the table:
+with). Finished runs are skipped; each run writes a new directory
+runs/benchmarks/policy_rl/<name>_seed<S>_<date-time>/, so an interrupted one is kept and started
+again in a fresh directory. Per-run results: benchmarks/results/policy_rl/, the table:
 benchmarks/results/policy_rl.md.
 """
 
@@ -44,11 +46,8 @@ def run(name: str, seed: int, extra: list[str]) -> dict:
     if path.exists():
         return json.loads(path.read_text())
     recipe, overrides, _ = RUNS[name]
-    output_dir = RUNS_DIR / f"{name}_seed{seed}"
-    if output_dir.exists():
-        import shutil
-
-        shutil.rmtree(output_dir)  # an interrupted run: start it again
+    # A new directory per attempt: an interrupted run's directory is kept, never deleted.
+    output_dir = RUNS_DIR / f"{name}_seed{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     command = [str(ROOT / ".venv" / "bin" / "genrl"), "train", recipe, f"output_dir={output_dir}", f"seed={seed}",
                "log_with=[]", *overrides, *extra]
     print("$", " ".join(command[1:]), flush=True)

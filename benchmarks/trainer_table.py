@@ -8,7 +8,8 @@ number of reward queries, several seeds, on the shipped Shapes diffusion model (
     .venv/bin/python benchmarks/trainer_table.py --table      # rebuild the markdown table from results
 
 Each run is a real `genrl train` in its own process (so peak memory is per run); finished runs
-are skipped, so the script can be re-run after an interruption. Per-run results go to
+are skipped, so the script can be re-run after an interruption. Each run writes a new directory
+runs/benchmarks/<comparison>_<arm>_seed<S>_<date-time>/: an interrupted one is kept, not deleted. Per-run results go to
 benchmarks/results/trainers/, the table to benchmarks/results/trainer_table.md.
 """
 
@@ -62,11 +63,8 @@ def run_arm(comparison: str, arm: str, seed: int, epochs: int) -> dict:
     if result_path.exists():
         return json.loads(result_path.read_text())
     recipe, overrides = COMPARISONS[comparison][arm]
-    output_dir = RUNS / f"{comparison}_{arm}_seed{seed}"
-    if output_dir.exists():
-        import shutil
-
-        shutil.rmtree(output_dir)  # an interrupted run: start it again
+    # A new directory per attempt: an interrupted run's directory is kept, never deleted.
+    output_dir = RUNS / f"{comparison}_{arm}_seed{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
     command = [str(ROOT / ".venv" / "bin" / "genrl"), "train", recipe, f"output_dir={output_dir}", f"seed={seed}",
                f"num_epochs={epochs}", *BUDGET, *overrides]
     print("$", " ".join(command[1:]), flush=True)
@@ -90,7 +88,7 @@ def _shapes_samples(model_path: str, sampler_overrides: dict, count: int, seed: 
     import numpy as np
 
     from genrl.config import PromptConfig, SamplerConfig
-    from genrl.evaluate import make_prompts, sample_images
+    from genrl.evaluation.images import make_prompts, sample_images
     from genrl.models.loading import load_model
 
     model = load_model(model_path)

@@ -7,12 +7,13 @@ A GenrlError becomes one line on stderr and a non-zero exit (2 for usage/config 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from genrl.errors import ConfigError, GenrlError
 
 COMMANDS = {
-    "collect": "run a scripted expert in an environment and write a demonstration dataset (action configs)",
+    "collect": "run a scripted expert in an environment and write a demonstration dataset",
     "pretrain": "train a base model from scratch: the Shapes image model, or a Diffusion Policy by behaviour cloning",
     "train": "RL fine-tune a model on a reward: images (DDPO, PXPO, REBEL, SFT-PG, B^2) or policies (DDPO, DPPO, REBEL)",
     "eval": "sample a model and score it: image rewards, or a policy's success rate over seeded episodes",
@@ -42,41 +43,16 @@ def run(argv: list[str]) -> int:
     from genrl.config import load_config  # imported late so --help stays fast
 
     config = load_config(args.command, args.config, args.overrides)
-    if getattr(config, "domain", None) == "action":
-        summary = _run_action_command(args.command, config)
-    elif args.command == "pretrain":
-        from genrl.pretrain import pretrain
-
-        summary = pretrain(config)
-    elif args.command == "train":
+    if args.command == "train":
         from genrl.trainers import train
 
         summary = train(config)
     else:
-        from genrl.eval_command import evaluate_command
-
-        summary = evaluate_command(config)
+        command = importlib.import_module(f"genrl.commands.{args.command}")
+        summary = command.run(config)
     for key, value in (summary or {}).items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     return 0
-
-
-def _run_action_command(command: str, config) -> dict:
-    if command == "collect":
-        from genrl.policy.collect import collect
-
-        return collect(config)
-    if command == "pretrain":
-        from genrl.policy.pretrain import pretrain_policy
-
-        return pretrain_policy(config)
-    if command == "eval":
-        from genrl.policy.evaluate import evaluate_policy_command
-
-        return evaluate_policy_command(config)
-    from genrl.trainers.policy_rl import train_policy
-
-    return train_policy(config)
 
 
 def main(argv: list[str] | None = None) -> None:

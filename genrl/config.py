@@ -1,31 +1,33 @@
-"""Typed run configs: YAML files plus dotted `key=value` overrides, validated by pydantic.
+"""One typed config schema for every command: YAML files plus dotted `key=value` overrides.
 
-Every section forbids unknown keys, so a typo such as `train.learning_rat=1e-4` is an
-error naming the key instead of a silently ignored setting. The fully resolved config
-is written to `<output_dir>/config.yaml` by every run.
+Each concept has one name and each section is defined once; images and actions differ only in
+the `rollout:` section (`kind: prompts` or `kind: env`), in the pretraining `data:`/`model:`
+sections (`kind: shapes` / `kind: demonstrations`), and in what the model directory holds.
+Every section forbids unknown keys, so a typo such as `optimizer.learning_rat=1e-4` is an error
+naming the key instead of a silently ignored setting. The fully resolved config is written to
+`<output_dir>/config.yaml` by every run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import pydantic
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from genrl.errors import ConfigError
+from genrl.policies.diffusion.configuration_diffusion import DiffusionPolicyConfig
+from genrl.sections import Section
 
+__all__ = ["Section", "load_config", "save_config"]
 
 # YAML 1.1 reads a bare `no` as False; accept it for "no mixed precision".
 MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-# ---------------------------------------------------------------- shared sections
+# ================================================================ shared sections
 class SamplerConfig(Section):
     # ddim / ddpm for diffusion models; flow_sde for flow-matching models (noise_level 0 = Euler ODE)
     kind: Literal["ddim", "ddpm", "flow_sde"] = "ddim"
@@ -39,19 +41,6 @@ class SamplerConfig(Section):
     noise_clip: float | None = Field(None, gt=0)  # DPPO: clamp the standard-normal sampling noise to +-noise_clip
 
 
-class PromptConfig(Section):
-    source: Literal["shapes", "list"] = "shapes"
-    num_objects: tuple[int, int] = (1, 1)  # shapes: inclusive range of objects per prompt
-    prompts: list[str] = []  # source=list: prompts drawn uniformly
-
-
-class LoraConfig(Section):
-    enabled: bool = True
-    rank: int = Field(4, ge=1)
-    alpha: float = 4.0
-    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
 class OptimizerConfig(Section):
     learning_rate: float = Field(3e-4, gt=0)
     adam_beta1: float = 0.9
@@ -61,60 +50,33 @@ class OptimizerConfig(Section):
     max_grad_norm: float = 1.0
 
 
-# ---------------------------------------------------------------- pretraining
-class ShapesDataConfig(Section):
-    image_size: int = 32
-    num_objects: tuple[int, int] = (1, 3)
+class LoraConfig(Section):
+    enabled: bool = True
+    rank: int = Field(4, ge=1)
+    alpha: float = 4.0
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-class NetworkConfig(Section):
-    kind: Literal["unet2d", "unet2d_condition", "dit"] = "unet2d_condition"
-    config: dict[str, Any] = {}
-
-
-class TextEncoderConfig(Section):
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    max_length: int = 24
-
-
-class ScheduleConfig(Section):
-    family: Literal["diffusion", "flow"] = "diffusion"
-    shift: float = Field(1.0, gt=0)  # flow only: sigma shift of the sampling grid (SD3 uses 3.0)
-    num_train_timesteps: int = 1000
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    clip_sample: bool = True
-
-
-class PretrainConfig(Section):
-    seed: int = 0
-    output_dir: str = "runs/pretrain"
-    data: ShapesDataConfig = ShapesDataConfig()
-    network: NetworkConfig = NetworkConfig()
-    text_encoder: TextEncoderConfig = TextEncoderConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, weight_decay=0.0)
-    max_steps: int = Field(5000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    warmup_steps: int = 200
-    condition_dropout: float = Field(0.1, ge=0.0, le=1.0)  # trains the null prompt for CFG
-    ema_decay: float = 0.999
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    eval_samples: int = 64  # prompt-match share measured at the end (20 DDIM steps)
-    mixed_precision: MixedPrecision = "no"
-    resume: bool = False
-
-
-# ---------------------------------------------------------------- RL fine-tuning
 class ModelConfig(Section):
-    path: str = "models/shapes-diffusion"  # a genrl model directory or a diffusers pipeline directory
+    """The model to fine-tune or evaluate: a genrl model or policy directory, or a diffusers pipeline."""
+
+    path: str = "models/shapes-diffusion"
     resolution: int | None = None  # pipelines: image size in pixels (default: the network's native size)
     decode_chunk_size: int = Field(8, ge=1)  # pipelines: latents decoded by the VAE at a time
     gradient_checkpointing: bool = False  # trade compute for memory in the trained network
     save_merged_model: bool = True  # also write the whole fine-tuned model (LoRA merged) to output_dir/model
+
+
+class PromptConfig(Section):
+    source: Literal["shapes", "list"] = "shapes"
+    num_objects: tuple[int, int] = (1, 1)  # shapes: inclusive range of objects per prompt
+    prompts: list[str] = []  # source=list: prompts drawn uniformly
+
+    @model_validator(mode="after")
+    def _list_needs_prompts(self):
+        if self.source == "list" and not self.prompts:
+            raise ValueError("source 'list' needs at least one prompt in prompts")
+        return self
 
 
 class RewardComponent(Section):
@@ -124,7 +86,7 @@ class RewardComponent(Section):
 
 
 class RewardConfig(Section):
-    """One registered reward (`name`, `kwargs`), or a weighted sum of `components`."""
+    """One reward (`name`: registered, or `my_module:function`), or a weighted sum of `components`."""
 
     name: str | None = "jpeg_compressibility"
     kwargs: dict[str, Any] = {}
@@ -135,32 +97,141 @@ class RewardConfig(Section):
         return "weighted_reward" if self.components else self.name
 
 
-class DDPOConfig(Section):
-    clip_range: float = Field(1e-4, gt=0)
+class EnvConfig(Section):
+    """A gymnasium environment with a flat (state) observation and a Box action space.
+
+    Any registered id works: `gym_pusht/...` and gymnasium-robotics ids are registered by genrl;
+    your own env plugs in as `my_package.module:MyEnv-v0` (gymnasium imports the module first).
+    """
+
+    id: str = "PointMaze_UMaze-v3"
+    kwargs: dict[str, Any] = {}  # passed to gym.make
+    obs_keys: list[str] | None = None  # dict observations: these keys, concatenated in this order
+    success_key: str = "success"  # info key that is true once the task is solved
+    score_key: str | None = None  # an extra info value reported per episode (PushT: coverage)
+    max_episode_steps: int | None = Field(None, ge=1)  # None: the env's registered limit
+    render_kwargs: dict[str, Any] = {}  # passed to gym.make only for envs that record videos
+
+
+class EpisodeEvalConfig(Section):
+    """Seeded evaluation episodes: success rate, return, length (and the env's score) over N episodes."""
+
+    num_episodes: int = Field(50, ge=1)
+    num_envs: int = Field(10, ge=1)  # vectorised envs per wave
+    seed: int = 100_000  # episode i resets with seed + i; far from collection and training seeds
+    num_videos: int = Field(2, ge=0)  # episodes recorded (the first ones)
+    video_format: Literal["gif", "mp4"] = "gif"
+    video_fps: int = Field(20, ge=1)
+    sampler: SamplerConfig | None = None  # None: the run's own sampler
+
+
+# ================================================================ rollouts: what differs between images and actions
+class PromptRollout(Section):
+    """Images: sample chains for prompts, score the final images with a reward."""
+
+    kind: Literal["prompts"] = "prompts"
+    prompts: PromptConfig = PromptConfig()
+    reward: RewardConfig = RewardConfig()
+    metric_rewards: list[str] = ["shapes_alignment"]  # logged beside the reward, not optimised
+    batch_size: int = Field(16, ge=1)  # chains sampled at once (per process)
+    num_batches: int = Field(2, ge=1)  # sampling batches per epoch (per process)
+    # Consecutive samples share a prompt in groups of this size: REBEL's pairs (2), B^2-DiffuRL's
+    # children of one prefix (its branch factor), the diversity metric's groups.
+    group_size: int = Field(1, ge=1)
+    eval_samples: int = Field(64, ge=1)  # fixed samples scored before and after training
+    eval_group_size: int = Field(4, ge=1)  # repeats per evaluation prompt, for the diversity metric
+    diversity_metric: Literal["pixel", "lpips"] = "pixel"  # distance among samples of one prompt
+    diversity_lpips_weights: str | None = None  # lpips: the AlexNet backbone's weights (a torchvision state dict file)
+    grid_prompts: int = Field(8, ge=1)  # prompts in the before/after sample grid
+
+    @model_validator(mode="after")
+    def _groups_fit(self):
+        if self.batch_size % self.group_size:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of group_size ({self.group_size})")
+        return self
+
+
+class EnvRollout(Section):
+    """Actions: run seeded episodes of the policy in vectorised environments; an episode is the reward."""
+
+    kind: Literal["env"] = "env"
+    env: EnvConfig = EnvConfig()
+    num_envs: int = Field(16, ge=1)  # episodes per epoch (per process)
+    # Consecutive envs share an initial state (reset seed) in groups of this size: advantages are then
+    # standardised within the group, as DDPO's per-prompt statistics do; REBEL's pairs need 2.
+    group_size: int = Field(1, ge=1)
+    # The reward trained on: "env" the env's own; "success" 1 when the task is first solved; "score" the
+    # step's increase of info[score_key] (an episode sums to its final score: PushT's final coverage).
+    reward: Literal["env", "success", "score"] = "env"
+    eval: EpisodeEvalConfig = EpisodeEvalConfig()  # before/after
+    eval_every: int = Field(0, ge=0)  # epochs between evaluations during training (0: before and after only)
+
+    @model_validator(mode="after")
+    def _groups_fit(self):
+        if self.num_envs % self.group_size:
+            raise ValueError(f"num_envs {self.num_envs} must be a multiple of group_size ({self.group_size})")
+        if self.reward == "score" and self.env.score_key is None:
+            raise ValueError("reward 'score' needs env.score_key (the info value to reward, e.g. coverage)")
+        return self
+
+
+def _kind_or(default: str):
+    """A union's member chosen by its `kind` key; a section that leaves `kind` out gets `default`."""
+    return Discriminator(lambda value: value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", default))
+
+
+Rollout = Annotated[Union[Annotated[PromptRollout, Tag("prompts")], Annotated[EnvRollout, Tag("env")]], _kind_or("prompts")]
+
+
+# ================================================================ algorithm sections (defined once)
+class PPOConfig(Section):
+    """The PPO-clip update of ddpo, pxpo, dppo (and the per-step update of sft_pg), and the advantages' statistics."""
+
+    clip_range: float = Field(1e-4, gt=0)  # DDPO's reference: 1e-4 (the ratios of ~20 steps compound)
     adv_clip_max: float = Field(5.0, gt=0)
-    timestep_fraction: float = Field(1.0, gt=0, le=1)
-    num_inner_epochs: int = Field(1, ge=1)
-    per_prompt_stat_tracking: bool = True
-    stat_buffer_size: int = 32
-    stat_min_count: int = 16
+    timestep_fraction: float = Field(1.0, gt=0, le=1)  # share of each chain's steps trained, drawn per chain
+    update_epochs: int = Field(1, ge=1)  # passes over the epoch's (chain, step) items
+    per_group_advantages: bool = True  # standardise rewards within their group key (prompt / initial state)
+    stat_buffer_size: int = Field(32, ge=1)  # rewards remembered per group key
+    stat_min_count: int = Field(16, ge=1)  # below this many, the batch's statistics stand in
     kl_coef: float = Field(0.0, ge=0)  # KL to the frozen reference per step (Flow-GRPO form)
 
 
 class RebelConfig(Section):
     """REBEL: regress the pair's relative log-ratio onto its relative reward."""
 
-    eta_inverse: float = Field(1.0, gt=0)  # 1/eta scales the log-ratio difference (reference images: 1)
-    standardize_rewards: bool = True  # per-prompt standardised rewards, as the reference image setting
+    # 1/eta scales the log-ratio difference. Its meaning depends on the per-step reduction: with
+    # "mean" (the reference image code) a step's log-prob is the mean over its D elements; "sum"
+    # multiplies every log-ratio by D, so the same 1/eta is D times stronger.
+    eta_inverse: float = Field(1.0, gt=0)
+    step_reduction: Literal["mean", "sum"] = "mean"
+    standardize_rewards: bool = True  # rewards standardised with the group statistics (ppo.stat_*)
+    pairs_per_update: int = Field(16, ge=1)  # pairs per optimizer step
+
+
+class DPPOConfig(Section):
+    """DPPO ("Diffusion Policy Policy Optimization"): GAE over env decisions, discounted along the chain."""
+
+    gamma: float = Field(0.99, ge=0, le=1)  # per env decision (one executed action chunk)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma_denoise: float = Field(0.99, ge=0, le=1)  # step k's advantage is discounted by gamma_denoise^(K-1-k)
+    ft_denoising_steps: int | None = Field(None, ge=1)  # train only the chain's last k steps (None: all)
+    clip_start: float = Field(1e-3, gt=0)  # clip range of the chain's first trained (noisiest) step
+    clip_end: float = Field(1e-2, gt=0)  # clip range of its last (cleanest) step
+    clip_rate: float = Field(3.0, gt=0)  # exponential rise from clip_start to clip_end
+    value_learning_rate: float = Field(1e-3, gt=0)
+    critic_warmup_epochs: int = Field(2, ge=0)  # first epochs train only the value net (a fresh V gives noise advantages)
+    value_hidden: int = Field(256, ge=8)
 
 
 class B2DiffuRLConfig(Section):
-    """B^2-DiffuRL: backward progressive stages and branch-based sampling around DDPO or REBEL."""
+    """B^2-DiffuRL: backward progressive stages and branch-based sampling around DDPO or REBEL.
+    Each prefix branches into `rollout.group_size` children."""
 
     enabled: bool = False
     num_stages: int | None = Field(None, ge=1)  # None: one stage per epoch
     split_step_start: int = Field(14, ge=1)  # steps trained at the first stage (the chain's last ones)
     split_step_end: int = Field(20, ge=1)  # steps trained at the last stage
-    branch_factor: int = Field(5, ge=2)  # children sampled from each shared prefix
     positive_threshold: float = 0.5  # keep a branch's best child if its z-score is at least this
     negative_threshold: float = -0.5  # keep a branch's worst child if its z-score is below this
 
@@ -180,68 +251,166 @@ class SFTPGConfig(Section):
     normalize_advantages: bool = True  # divide f(x0) - V by their std (the critic's scale is arbitrary)
 
 
+# ================================================================ genrl train
 class TrainConfig(Section):
-    trainer: Literal["ddpo", "pxpo", "rebel", "sft_pg"] = "ddpo"
+    """`genrl train`: RL fine-tuning of an image model (rollout.kind prompts) or a policy (rollout.kind env)."""
+
+    trainer: Literal["ddpo", "pxpo", "rebel", "sft_pg", "dppo"] = "ddpo"
     seed: int = 0
     output_dir: str = "runs/train"
     resume: bool = False
+    resume_allow_changes: bool = False  # resume even if settings other than RESUMABLE_KEYS changed
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig()
-    prompts: PromptConfig = PromptConfig()
-    reward: RewardConfig = RewardConfig()
-    metric_rewards: list[str] = ["shapes_alignment"]  # logged beside the reward, not optimised
-    ddpo: DDPOConfig = DDPOConfig()  # PPO settings, shared by ddpo, pxpo and b2diffurl
+    rollout: Rollout = PromptRollout()
+    ppo: PPOConfig = PPOConfig()
     rebel: RebelConfig = RebelConfig()
+    dppo: DPPOConfig = DPPOConfig()
     b2diffurl: B2DiffuRLConfig = B2DiffuRLConfig()
     sft_pg: SFTPGConfig = SFTPGConfig()
     lora: LoraConfig = LoraConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     num_epochs: int = Field(10, ge=1)
-    samples_per_prompt: int = Field(1, ge=1)  # consecutive samples share a prompt (REBEL's pairs: 2)
-    sample_batch_size: int = Field(16, ge=1)
-    num_sample_batches: int = Field(2, ge=1)  # per epoch (per process)
-    train_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)  # minibatches per optimizer step (x trained steps)
-    eval_samples: int = Field(64, ge=1)  # fixed samples scored before and after training
-    eval_samples_per_prompt: int = Field(4, ge=1)  # repeats per evaluation prompt, for the diversity metric
-    diversity_metric: Literal["pixel", "lpips"] = "pixel"  # distance among samples of one prompt
-    ema_decay: float = 0.0  # 0 disables EMA of the trained weights
+    train_batch_size: int = Field(8, ge=1)  # (chain, denoising step) items per backward pass
+    gradient_accumulation_steps: int = Field(1, ge=1)  # backward passes per optimizer step
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # 0 disables EMA of the trained weights
     mixed_precision: MixedPrecision = "no"
-    checkpoint_every: int = 5  # epochs
-    grid_prompts: int = 8  # prompts in the before/after sample grids
+    checkpoint_every: int = Field(5, ge=1)  # epochs
+    keep_checkpoints: int | None = Field(3, ge=1)  # the newest N are kept (None: all)
     log_with: list[Literal["tensorboard"]] = ["tensorboard"]
 
 
-# ---------------------------------------------------------------- evaluation
+#: Settings a resumed run may change without `resume_allow_changes` (they do not alter what was learnt).
+RESUMABLE_KEYS = ("resume", "resume_allow_changes", "num_epochs", "checkpoint_every", "keep_checkpoints", "log_with",
+                  "rollout.eval_every")
+
+
+# ================================================================ genrl pretrain
+class ShapesData(Section):
+    """The Shapes world, generated on the fly (never the same image twice)."""
+
+    kind: Literal["shapes"] = "shapes"
+    image_size: int = 32
+    num_objects: tuple[int, int] = (1, 3)
+    condition_dropout: float = Field(0.1, ge=0.0, le=1.0)  # captions dropped to "" (trains the null prompt for CFG)
+
+
+class DemonstrationData(Section):
+    """Windows of a demonstration dataset (zarr, Diffusion Policy layout; `genrl collect` writes one)."""
+
+    kind: Literal["demonstrations"] = "demonstrations"
+    path: str = "data/pointmaze_umaze.zarr"
+
+
+class NetworkConfig(Section):
+    kind: Literal["unet2d", "unet2d_condition", "dit"] = "unet2d_condition"
+    config: dict[str, Any] = {}
+
+
+class TextEncoderConfig(Section):
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    max_length: int = 24
+
+
+class PromptModelConfig(Section):
+    """A prompt-conditioned image denoiser with its own small text encoder (the Shapes models)."""
+
+    kind: Literal["prompt_diffusion"] = "prompt_diffusion"
+    network: NetworkConfig = NetworkConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+
+
+class ScheduleConfig(Section):
+    family: Literal["diffusion", "flow"] = "diffusion"
+    shift: float = Field(1.0, gt=0)  # flow only: sigma shift of the sampling grid (SD3 uses 3.0)
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    clip_sample: bool = True
+
+
+class PretrainEvalConfig(Section):
+    """What is measured at the end of pretraining: prompt match of `num_samples` images (Shapes), or
+    `episodes` seeded episodes in `env` (policies; 0 skips)."""
+
+    num_samples: int = Field(64, ge=1)
+    env: EnvConfig | None = None
+    episodes: EpisodeEvalConfig = EpisodeEvalConfig(num_episodes=50, sampler=SamplerConfig(kind="ddpm", num_steps=100))
+    skip: bool = False
+
+
+class PretrainConfig(Section):
+    """`genrl pretrain`: train a base model from scratch on generated images or demonstrations."""
+
+    seed: int = 0
+    output_dir: str = "runs/pretrain"
+    resume: bool = False
+    data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")]],
+                    _kind_or("shapes")] = ShapesData()
+    model: Annotated[Union[Annotated[PromptModelConfig, Tag("prompt_diffusion")],
+                           Annotated[DiffusionPolicyConfig, Tag("diffusion_policy")]], _kind_or("prompt_diffusion")] = PromptModelConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, weight_decay=0.0)
+    max_steps: int = Field(5000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    warmup_steps: int = Field(200, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = False  # diffusers' EMA warm-up (power 0.75), as Diffusion Policy trains
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_checkpoints: int | None = Field(3, ge=1)
+    eval: PretrainEvalConfig = PretrainEvalConfig()
+    mixed_precision: MixedPrecision = "no"
+
+    @model_validator(mode="after")
+    def _model_fits_data(self):
+        expected = {"shapes": "prompt_diffusion", "demonstrations": "diffusion_policy"}[self.data.kind]
+        if self.model.kind != expected:
+            raise ValueError(f"data kind {self.data.kind!r} trains a model of kind {expected!r}, not {self.model.kind!r}")
+        return self
+
+
+# ================================================================ genrl eval / genrl collect
 class EvalConfig(Section):
+    """`genrl eval`: sample a model and score it: images on `rollout.eval_samples` prompts (the reward
+    and metric_rewards), or a policy over `rollout.eval` seeded episodes."""
+
     seed: int = 0
     output_dir: str = "runs/eval"
-    resume: bool = False  # eval writes nothing resumable; true only allows reusing output_dir
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig(eta=0.0)
-    prompts: PromptConfig = PromptConfig()
-    num_samples: int = Field(256, ge=1)
-    batch_size: int = Field(32, ge=1)
-    rewards: list[str] = ["shapes_alignment", "jpeg_compressibility"]
+    rollout: Rollout = PromptRollout(eval_samples=256, metric_rewards=["shapes_alignment"])
+    batch_size: int = Field(32, ge=1)  # images sampled at once
 
 
-COMMAND_CONFIGS: dict[str, type[Section]] = {"pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig}
+class CollectSection(Section):
+    expert: Literal["pointmaze_planner", "pusht_pusher"] = "pointmaze_planner"
+    expert_kwargs: dict[str, Any] = {}  # e.g. {noise: 0.3}
+    num_episodes: int = Field(100, ge=1)
+    only_successful: bool = False  # keep failed expert episodes too (they are recorded as such)
+    seed: int = 0  # episode i resets the env with seed + i
 
 
-def _schema(command: str, domain: Any) -> type[Section]:
-    """Image configs (no `domain` key) or action-policy configs (`domain: action`)."""
-    if domain == "action":
-        from genrl.policy.config import PolicyConfig, PolicyRLConfig
-
-        return {"collect": PolicyConfig, "pretrain": PolicyConfig, "eval": PolicyConfig, "train": PolicyRLConfig}[command]
-    if domain is not None:
-        raise ConfigError(f"config key 'domain': 'action' is the only domain to name (image configs leave it out); got {domain!r}")
-    if command not in COMMAND_CONFIGS:
-        raise ConfigError(f"`genrl {command}` works on action-policy configs (domain: action), not image configs")
-    return COMMAND_CONFIGS[command]
+class DatasetConfig(Section):
+    path: str = "data/pointmaze_umaze.zarr"
 
 
-# ---------------------------------------------------------------- loading
+class CollectConfig(Section):
+    """`genrl collect`: run a scripted expert and write a demonstration dataset."""
+
+    env: EnvConfig = EnvConfig()
+    collect: CollectSection = CollectSection()
+    dataset: DatasetConfig = DatasetConfig()
+
+
+COMMAND_CONFIGS: dict[str, type[Section]] = {
+    "collect": CollectConfig, "pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig,
+}
+
+
+# ================================================================ loading
 def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     *parents, leaf = dotted_key.split(".")
     node = tree
@@ -266,16 +435,29 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
+UNION_SECTIONS = ("rollout", "data", "model")
+UNION_TAGS = ("prompts", "env", "shapes", "demonstrations", "prompt_diffusion", "diffusion_policy")
+
+
 def _first_error(error: pydantic.ValidationError) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"]) or "<root>"
+    # pydantic names the chosen member of a tagged union (rollout.prompts.batch_size): drop the tag.
+    loc = [str(part) for part in first["loc"]]
+    parts = [part for i, part in enumerate(loc) if not (i > 0 and loc[i - 1] in UNION_SECTIONS and "tagged-union" not in part
+                                                        and part in UNION_TAGS)]
+    location = ".".join(parts) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"unknown config key {location!r}"
-    return f"config key {location!r}: {first['msg']} (got {first.get('input')!r})"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error":
+        return f"config {location!r}: {message}" if parts else f"config: {message}"
+    return f"config key {location!r}: {message} (got {first.get('input')!r})"
 
 
 def load_config(command: str, path: str | Path | None, overrides: list[str] = ()) -> Section:
     """Read YAML, apply overrides, validate. Raises ConfigError with a one-line message."""
+    if command not in COMMAND_CONFIGS:
+        raise ConfigError(f"unknown command {command!r}; choose one of {sorted(COMMAND_CONFIGS)}")
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -289,12 +471,23 @@ def load_config(command: str, path: str | Path | None, overrides: list[str] = ()
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
-    schema = _schema(command, tree.get("domain"))
     try:
-        return schema.model_validate(tree)
+        return COMMAND_CONFIGS[command].model_validate(tree)
     except pydantic.ValidationError as error:
         raise ConfigError(_first_error(error)) from None
 
 
 def save_config(config: Section, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved config trees."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key}")
+    return changed

@@ -1,29 +1,10 @@
 """Errors that the CLI turns into a one-line message and an exit code.
 
-Anything raised as a `GenrlError` is the user's to fix (a config key, a path, a
-reward that misbehaves), so the CLI prints `error: <message>` without a traceback.
+The classes are defined in `rewards/errors.py` (rewards raise them and must not import
+genrl, which imports rewards); this is where the rest of genrl imports them from.
+Exit codes: 2 for `ConfigError` and `CheckpointError` (usage), 1 for the others.
 """
 
+from rewards.errors import CheckpointError, ConfigError, GenrlError, RewardError
 
-class GenrlError(Exception):
-    """A failure with a message written for the user."""
-
-    exit_code = 1
-
-
-class ConfigError(GenrlError):
-    """Bad usage: unknown key, wrong type, impossible value, bad command line."""
-
-    exit_code = 2
-
-
-class CheckpointError(GenrlError):
-    """A model or run directory that is missing, incomplete or corrupt."""
-
-    exit_code = 2
-
-
-class RewardError(GenrlError):
-    """A reward function returned something unusable (NaN/inf, wrong shape)."""
-
-    exit_code = 1
+__all__ = ["CheckpointError", "ConfigError", "GenrlError", "RewardError"]

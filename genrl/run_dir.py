@@ -14,21 +14,29 @@ from pathlib import Path
 
 import torch
 import torchvision
+import yaml
 
-from genrl.config import Section, save_config
+from genrl.config import RESUMABLE_KEYS, Section, changed_keys, save_config
 from genrl.errors import CheckpointError, ConfigError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
 def prepare_output_dir(config: Section, accelerator=None) -> Path:
-    """Check and create output_dir; with an accelerator, every rank checks before any rank writes."""
+    """Check and create output_dir; with an accelerator, every rank checks before any rank writes.
+
+    A directory that holds anything a command saved (config.yaml, metrics, checkpoints) is only
+    reused by `resume=true` of the same run, and only with the settings it was started with
+    (except RESUMABLE_KEYS), unless `resume_allow_changes=true`.
+    """
     output_dir = Path(config.output_dir)
-    has_run = (output_dir / "metrics.jsonl").exists() or (output_dir / "checkpoints").exists()
-    if has_run and not config.resume:
-        raise ConfigError(
-            f"output_dir {output_dir} already holds a run; pass resume=true to continue it or choose another output_dir"
-        )
+    has_run = any((output_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json"))
+    resume = getattr(config, "resume", False)
+    if has_run and not resume:
+        hint = "pass resume=true to continue it or " if hasattr(config, "resume") else ""
+        raise ConfigError(f"output_dir {output_dir} already holds a run; {hint}choose another output_dir")
+    if has_run and resume and not getattr(config, "resume_allow_changes", False):
+        _check_same_settings(config, output_dir)
     if accelerator is not None:
         accelerator.wait_for_everyone()  # no rank may see the main rank's fresh directories as an old run
     if accelerator is None or accelerator.is_main_process:
@@ -40,11 +48,27 @@ def prepare_output_dir(config: Section, accelerator=None) -> Path:
     return output_dir
 
 
+def _check_same_settings(config: Section, output_dir: Path) -> None:
+    saved_path = output_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    changed = [key for key in changed_keys(saved, config.model_dump(mode="json")) if key not in RESUMABLE_KEYS]
+    if changed:
+        raise ConfigError(f"resume would change {', '.join(changed[:5])} of the run in {output_dir}; "
+                          f"resume with the same settings, or pass resume_allow_changes=true")
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records after `last_step`: a run killed between checkpoints redoes those steps on resume."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(
-        (p for p in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()),
-        key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]),
-    )
+    checkpoints = _checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
 
 
@@ -57,8 +81,11 @@ def require_checkpoint(output_dir: Path) -> Path:
     return checkpoint
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Path:
-    """accelerate save_state into checkpoints/checkpoint-<step>, atomically; every rank takes part."""
+def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep: int | None = None,
+                    protect: Path | None = None) -> Path:
+    """accelerate save_state into checkpoints/checkpoint-<step>, atomically; every rank takes part.
+    With `keep`, older checkpoints beyond the newest `keep` are deleted, except `protect` (the one
+    this run resumed from)."""
     final = output_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{step}"
     staging = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -74,8 +101,21 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict) -> Pa
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
+        if keep is not None:
+            _prune_checkpoints(output_dir, keep, protect)
     accelerator.wait_for_everyone()
     return final
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    return sorted((p for p in (output_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX):].isdigit()),
+                  key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _prune_checkpoints(output_dir: Path, keep: int, protect: Path | None) -> None:
+    for old in _checkpoints(output_dir)[:-keep]:
+        if protect is None or old.resolve() != Path(protect).resolve():
+            shutil.rmtree(old)
 
 
 def load_checkpoint(accelerator, checkpoint: Path) -> dict:

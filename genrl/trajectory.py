@@ -48,6 +48,19 @@ class Trajectory:
     def batch_size(self) -> int:
         return self.states.shape[0]
 
+    def stored_log_prob(self, rows: torch.Tensor, step_index: torch.Tensor, reduce: str) -> torch.Tensor:
+        """The sampling-time log-prob of (row, step) pairs under reduction `reduce` ("mean" or "sum"):
+        a Gaussian step's sum over its D elements is D times its mean."""
+        stored = self.log_probs[rows, step_index]
+        if reduce == self.log_prob_reduce:
+            return stored
+        elements = self.states[0, 0].numel()
+        if (self.log_prob_reduce, reduce) == ("mean", "sum"):
+            return stored * elements
+        if (self.log_prob_reduce, reduce) == ("sum", "mean"):
+            return stored / elements
+        raise ValueError(f"stored log-probs are reduced by {self.log_prob_reduce!r}; {reduce!r} cannot be recovered")
+
     def select(self, index: torch.Tensor | slice) -> "Trajectory":
         """Sub-batch of chains (same steps)."""
         pick = lambda d: map_condition(lambda v: v[index], d)  # noqa: E731

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from genrl.errors import CheckpointError
 from rewards.clip_model import clip_image_features, load_clip
+from rewards.errors import CheckpointError
 from rewards.output import RewardOutput
 
 

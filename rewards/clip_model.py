@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from genrl.errors import CheckpointError, ConfigError
+from rewards.errors import CheckpointError, ConfigError
 
 
 @functools.lru_cache(maxsize=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from genrl.errors import ConfigError
+from rewards.errors import ConfigError
 from rewards.output import RewardOutput
 from rewards.registry import compute_reward, get_reward
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from genrl.errors import CheckpointError
+from rewards.errors import CheckpointError
 
 
 @functools.lru_cache(maxsize=2)

@@ -18,15 +18,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from genrl.errors import ConfigError
-from genrl.shapes.world import COLORS
 from rewards.color_likeness import DEFAULT_TAU, color_likeness, to_rgb255
+from rewards.errors import ConfigError
 from rewards.output import RewardOutput
 
 
 def resolve_color(color) -> torch.Tensor:
-    """A palette name from COLORS or [r, g, b] in 0..255 -> float (3,)."""
+    """A palette name from the Shapes world's COLORS or [r, g, b] in 0..255 -> float (3,)."""
     if isinstance(color, str):
+        from genrl.shapes.world import COLORS  # imported when called: genrl imports rewards
+
         if color not in COLORS:
             raise ConfigError(f"masked_color: color {color!r} is not a palette colour; choose one of {list(COLORS)} or give [r, g, b]")
         return torch.tensor(COLORS[color], dtype=torch.float32)

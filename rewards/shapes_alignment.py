@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from genrl.shapes.reader import object_recall, prompt_match
 from rewards.output import RewardOutput
 
 
 def shapes_alignment(images: torch.Tensor, prompts: list[str]) -> RewardOutput:
     """Dense score: share of the prompt's objects found; `prompt_match` (exact) in info."""
+    from genrl.shapes.reader import object_recall, prompt_match  # imported when called: genrl imports rewards
+
     images = images.detach().float().cpu()
     recall = torch.tensor([object_recall(image, prompt) for image, prompt in zip(images, prompts)])
     match = torch.tensor([float(prompt_match(image, prompt)) for image, prompt in zip(images, prompts)])

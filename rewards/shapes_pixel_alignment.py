@@ -25,18 +25,25 @@ import functools
 import numpy as np
 import torch
 
-from genrl.errors import ConfigError
-from genrl.shapes.world import COLORS, ShapeObject, cell_center, parse_caption, shape_mask
 from rewards.color_likeness import DEFAULT_TAU, color_likeness, to_rgb255
+from rewards.errors import ConfigError
 from rewards.output import RewardOutput
 
 TARGET_HALF_SIZE_AT_32 = 4.25
-_PALETTE_NAMES = list(COLORS)
-_PALETTE = torch.tensor([COLORS[name] for name in _PALETTE_NAMES], dtype=torch.float32)  # (5, 3)
+
+
+@functools.cache
+def palette() -> tuple[list[str], torch.Tensor]:
+    """The Shapes world's colour names and their RGB values, float (5, 3) in 0..255."""
+    from genrl.shapes.world import COLORS  # imported when called: genrl imports rewards
+
+    return list(COLORS), torch.tensor(list(COLORS.values()), dtype=torch.float32)
 
 
 def target_mask(color: str, shape: str, position: str, image_size: int) -> np.ndarray:
     """The canonical target of one prompt object: bool (H, W)."""
+    from genrl.shapes.world import ShapeObject, cell_center, shape_mask
+
     obj = ShapeObject(
         color, shape, position,
         center=cell_center(position, image_size),
@@ -48,13 +55,15 @@ def target_mask(color: str, shape: str, position: str, image_size: int) -> np.nd
 @functools.lru_cache(maxsize=4096)
 def target_colors(prompt: str, image_size: int) -> torch.Tensor:
     """Per pixel, the palette index the prompt asks for there, or -1 (background): int (H, W)."""
+    from genrl.shapes.world import parse_caption
+
     try:
         objects = parse_caption(prompt)
     except ValueError as error:
         raise ConfigError(f"shapes_pixel_alignment: prompt {prompt!r} is not a Shapes caption: {error}") from None
     wanted = np.full((image_size, image_size), -1, dtype=np.int64)
     for color, shape, position in objects:
-        wanted[target_mask(color, shape, position, image_size)] = _PALETTE_NAMES.index(color)
+        wanted[target_mask(color, shape, position, image_size)] = palette()[0].index(color)
     return torch.from_numpy(wanted)
 
 
@@ -63,7 +72,7 @@ def shapes_pixel_alignment(images: torch.Tensor, prompts: list[str]) -> RewardOu
     height, width = images.shape[-2:]
     if height != width:
         raise ConfigError(f"shapes_pixel_alignment needs square images, got {height}x{width}")
-    likeness = color_likeness(to_rgb255(images), _PALETTE, DEFAULT_TAU)  # (B, 5, H, W)
+    likeness = color_likeness(to_rgb255(images), palette()[1], DEFAULT_TAU)  # (B, 5, H, W)
     wanted = torch.stack([target_colors(prompt, height) for prompt in prompts])  # (B, H, W)
     inside = wanted >= 0
     on_target = likeness.gather(1, wanted.clamp(min=0)[:, None])[:, 0]

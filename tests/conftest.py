@@ -44,21 +44,24 @@ def tiny_unet_config():
 
 
 TINY_PRETRAIN = {
-    "network": {
-        "kind": "unet2d_condition",
-        "config": dict(
-            sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=[8, 16],
-            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-            attention_head_dim=4, norm_num_groups=4,
-        ),
+    "model": {
+        "kind": "prompt_diffusion",
+        "network": {
+            "kind": "unet2d_condition",
+            "config": dict(
+                sample_size=32, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=[8, 16],
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"], up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+                attention_head_dim=4, norm_num_groups=4,
+            ),
+        },
+        "text_encoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2},
     },
-    "text_encoder": {"hidden_size": 16, "num_layers": 1, "num_heads": 2},
 }
 
 # A DDPO run small enough for a test: 8 samples x 4 steps per epoch.
 TINY_TRAIN_OVERRIDES = [
-    "sample_batch_size=4", "num_sample_batches=2", "train_batch_size=4", "gradient_accumulation_steps=1",
-    "sampler.num_steps=4", "eval_samples=4", "grid_prompts=4", "checkpoint_every=1", "log_with=[]",
+    "rollout.batch_size=4", "rollout.num_batches=2", "train_batch_size=4", "gradient_accumulation_steps=1",
+    "sampler.num_steps=4", "rollout.eval_samples=4", "rollout.grid_prompts=4", "checkpoint_every=1", "log_with=[]",
 ]
 
 
@@ -66,7 +69,7 @@ TINY_TRAIN_OVERRIDES = [
 def tiny_model_dir(tmp_path_factory):
     """A random-init prompt-conditioned model saved like the shipped one."""
     from genrl.config import PretrainConfig
-    from genrl.pretrain import build_model
+    from genrl.pretraining import build_model
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny_model")
@@ -78,7 +81,7 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_flow_model_dir(tmp_path_factory):
     """The same tiny network as a flow-matching (velocity) model."""
     from genrl.config import PretrainConfig
-    from genrl.pretrain import build_model
+    from genrl.pretraining import build_model
 
     torch.manual_seed(0)
     directory = tmp_path_factory.mktemp("tiny_flow_model")
@@ -88,23 +91,30 @@ def tiny_flow_model_dir(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ action policies
-UMAZE = "configs/policy/pointmaze_umaze.yaml"
-# A Diffusion Policy small enough for tests: 8-step chunks, a two-level UNet, 20 diffusion steps.
+# PointMaze U-maze's recipes: collect (demos), pretrain (behaviour cloning), eval (episodes).
+UMAZE = "configs/collect/pointmaze_umaze.yaml"
+UMAZE_PRETRAIN = "configs/pretrain/policy_pointmaze_umaze.yaml"
+UMAZE_EVAL = "configs/eval/policy_pointmaze_umaze.yaml"
+# A Diffusion Policy small enough for tests (pretrain overrides): 8-step chunks, a two-level UNet,
+# 20 diffusion steps, evaluated with 4 DDIM steps and no videos.
 TINY_POLICY_OVERRIDES = [
-    "policy.horizon=8", "policy.n_action_steps=4", "policy.down_dims=[8,16]", "policy.n_groups=4",
-    "policy.timestep_embed_dim=16", "policy.num_train_timesteps=20",
-    "eval.sampler.kind=ddim", "eval.sampler.num_steps=4", "eval.sampler.eta=0.0", "eval.num_videos=0",
+    "model.horizon=8", "model.n_action_steps=4", "model.down_dims=[8,16]", "model.n_groups=4",
+    "model.timestep_embed_dim=16", "schedule.num_train_timesteps=20",
+    "eval.episodes.sampler.kind=ddim", "eval.episodes.sampler.num_steps=4", "eval.episodes.sampler.eta=0.0",
+    "eval.episodes.num_videos=0",
 ]
+# `genrl eval` of such a policy: its sampler fits 20 training steps.
+TINY_POLICY_EVAL_OVERRIDES = ["sampler.kind=ddim", "sampler.num_steps=4", "sampler.eta=0.0", "rollout.eval.num_videos=0"]
 
 
 @pytest.fixture(scope="session")
 def umaze_demos(tmp_path_factory):
     """Four expert episodes in PointMaze U-maze, written by `collect`."""
+    from genrl.commands import collect
     from genrl.config import load_config
-    from genrl.policy.collect import collect
 
     path = tmp_path_factory.mktemp("demos") / "umaze.zarr"
-    collect(load_config("collect", UMAZE, [f"dataset.path={path}", "collect.num_episodes=4"]))
+    collect.run(load_config("collect", UMAZE, [f"dataset.path={path}", "collect.num_episodes=4"]))
     return path
 
 
@@ -113,10 +123,10 @@ def tiny_policy_dir(umaze_demos, tmp_path_factory):
     """A random-init tiny Diffusion Policy for U-maze, saved like the shipped ones."""
     from genrl.config import load_config
     from genrl.data.demonstrations import load_demonstrations
-    from genrl.policy.pretrain import build_policy
+    from genrl.pretraining import build_policy
 
     torch.manual_seed(0)
-    config = load_config("pretrain", UMAZE, [f"dataset.path={umaze_demos}", *TINY_POLICY_OVERRIDES])
+    config = load_config("pretrain", UMAZE_PRETRAIN, [f"data.path={umaze_demos}", *TINY_POLICY_OVERRIDES])
     directory = tmp_path_factory.mktemp("tiny_policy")
     build_policy(config, load_demonstrations(umaze_demos)).save_pretrained(directory)
     return directory

@@ -14,32 +14,40 @@ DDPO = "configs/ddpo/shapes_compressibility.yaml"
 
 
 def test_every_shipped_recipe_validates():
-    commands = {"pretrain": ["pretrain"], "eval": ["eval"], "policy": ["collect", "pretrain", "eval"]}
+    commands = {"pretrain": "pretrain", "eval": "eval", "collect": "collect"}
     paths = sorted(Path("configs").rglob("*.yaml"))
     assert len(paths) >= 20
     for path in paths:
-        for command in commands.get(path.parent.name, ["train"]):
-            load_config(command, path)
+        load_config(commands.get(path.parent.name, "train"), path)
 
 
-def test_action_commands_need_action_configs():
-    with pytest.raises(ConfigError, match="collect` works on action-policy configs"):
-        load_config("collect", DDPO)
-    with pytest.raises(ConfigError, match="'domain'"):
-        load_config("train", DDPO, ["domain=audio"])
+def test_one_schema_tells_images_from_actions_by_the_rollout_kind():
+    images = load_config("train", DDPO)
+    actions = load_config("train", "configs/policy_rl/pointmaze_medium_dppo.yaml")
+    assert images.rollout.kind == "prompts" and actions.rollout.kind == "env"
+    assert type(images) is type(actions)  # one schema, one set of algorithm sections
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.num_envs'"):
+        load_config("train", DDPO, ["rollout.num_envs=4"])  # an env key in a prompts rollout
+    with pytest.raises(ConfigError, match="unknown config key 'domain'"):
+        load_config("train", DDPO, ["domain=action"])
+
+
+def test_an_empty_prompt_list_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="rollout.prompts.*at least one prompt"):
+        load_config("train", DDPO, ["rollout.prompts.source=list", "rollout.prompts.prompts=[]"])
 
 
 def test_dotted_overrides_are_typed():
-    config = load_config("train", DDPO, ["ddpo.clip_range=0.2", "num_epochs=3", "optimizer.learning_rate=1e-3", "lora.enabled=false"])
+    config = load_config("train", DDPO, ["ppo.clip_range=0.2", "num_epochs=3", "optimizer.learning_rate=1e-3", "lora.enabled=false"])
     assert isinstance(config, TrainConfig)
-    assert config.ddpo.clip_range == 0.2 and config.num_epochs == 3
+    assert config.ppo.clip_range == 0.2 and config.num_epochs == 3
     assert config.optimizer.learning_rate == 1e-3 and config.lora.enabled is False
 
 
 @pytest.mark.parametrize(
     "override,culprit",
-    [("ddpo.clip_rnage=0.1", "ddpo.clip_rnage"), ("num_epochs=many", "num_epochs"), ("sampler.kind=euler", "sampler.kind"),
-     ("ddpo.timestep_fraction=2", "ddpo.timestep_fraction"), ("nonsense", "nonsense")],
+    [("ppo.clip_rnage=0.1", "ppo.clip_rnage"), ("num_epochs=many", "num_epochs"), ("sampler.kind=euler", "sampler.kind"),
+     ("ppo.timestep_fraction=2", "ppo.timestep_fraction"), ("nonsense", "nonsense")],
 )
 def test_bad_config_names_the_culprit(override, culprit):
     with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
@@ -56,10 +64,10 @@ def _cli(*args):
 
 
 def test_cli_usage_error_is_one_line_with_exit_code_2():
-    result = _cli("train", DDPO, "ddpo.clip_rnage=0.1")
+    result = _cli("train", DDPO, "ppo.clip_rnage=0.1")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "ddpo.clip_rnage" in lines[0] and "Traceback" not in result.stderr
+    assert len(lines) == 1 and "ppo.clip_rnage" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_cli_help_lists_commands():

@@ -7,7 +7,7 @@ from accelerate.state import AcceleratorState
 from conftest import TINY_TRAIN_OVERRIDES, run_cli
 
 from genrl.run_dir import read_metrics
-from genrl.trainers.ddpo import ddpo_loss
+from genrl.trainers.ddpo import ddpo_loss, kl_to_reference
 from genrl.trainers.stat_tracker import PerPromptStatTracker
 from rewards import REWARDS, RewardOutput
 
@@ -37,11 +37,8 @@ def test_clipping_stops_the_gradient_beyond_the_trust_region():
 def test_kl_to_reference_is_zero_at_the_reference_and_grows_away_from_it():
     mean = torch.randn(2, 3, 4, 4)
     std = torch.tensor(0.5)
-    lp = torch.zeros(2)
-    _, at_ref = ddpo_loss(lp, lp, torch.zeros(2), 1e-4, mean=mean, reference_mean=mean, std=std, kl_coef=1.0)
-    _, away = ddpo_loss(lp, lp, torch.zeros(2), 1e-4, mean=mean + 0.5, reference_mean=mean, std=std, kl_coef=1.0)
-    assert at_ref["kl_to_reference"] == 0
-    assert torch.isclose(away["kl_to_reference"], torch.tensor(0.5**2 / (2 * 0.25)))
+    assert kl_to_reference(mean, mean, std) == 0
+    assert torch.isclose(kl_to_reference(mean + 0.5, mean, std), torch.tensor(0.5**2 / (2 * 0.25)))
 
 
 def test_per_prompt_stat_tracker():
@@ -98,7 +95,7 @@ def test_sampler_of_the_wrong_family_is_a_config_error(tiny_flow_model_dir, tmp_
 def test_kl_penalty_and_ema_paths_run_with_lora_and_full_fine_tuning(tiny_model_dir, tmp_path, lora):
     out = tmp_path / "kl"
     assert run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "num_epochs=1",
-                   f"lora.enabled={lora}", "ddpo.kl_coef=0.1", "ema_decay=0.9", *TINY_TRAIN_OVERRIDES) == 0
+                   f"lora.enabled={lora}", "ppo.kl_coef=0.1", "ema_decay=0.9", *TINY_TRAIN_OVERRIDES) == 0
     record = read_metrics(out / "metrics.jsonl")[-1]
     assert "kl_to_reference" in record and record["kl_to_reference"] >= 0
 
@@ -106,10 +103,12 @@ def test_kl_penalty_and_ema_paths_run_with_lora_and_full_fine_tuning(tiny_model_
 def test_bf16_mixed_precision_run(tiny_model_dir, tmp_path):
     """accelerate autocasts the network; log-probs stay float32, so losses and ratios stay finite."""
     out = tmp_path / "bf16"
+    # 8 chains x 2 trained steps = 16 items in 4 passes of 4: one optimizer step, after every pass.
     assert run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "num_epochs=1",
-                   "mixed_precision=bf16", *TINY_TRAIN_OVERRIDES) == 0
+                   "mixed_precision=bf16", *TINY_TRAIN_OVERRIDES, "gradient_accumulation_steps=4") == 0
     record = read_metrics(out / "metrics.jsonl")[-1]
     assert all(record[k] == record[k] for k in ("reward_mean", "approx_kl", "policy_loss"))  # not NaN
+    assert record["optimizer_steps"] == 1
     # One update per epoch here, so every ratio is on-policy. In float32 it is exactly 1; under
     # bf16 the network's output differs slightly between the sampling batch and the reshuffled
     # training batch (log-ratio ~1e-5), which is all approx_kl may show.
@@ -159,8 +158,8 @@ def test_nan_reward_stops_with_its_name_and_keeps_what_was_saved(tiny_model_dir,
 
     monkeypatch.setitem(REWARDS, "flaky", flaky)
     out = tmp_path / "run"
-    code = run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "reward.name=flaky",
-                   "metric_rewards=[]", "num_epochs=3", *TINY_TRAIN_OVERRIDES)
+    code = run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "rollout.reward.name=flaky",
+                   "rollout.metric_rewards=[]", "num_epochs=3", *TINY_TRAIN_OVERRIDES)
     assert code == 1
     assert "'flaky'" in capsys.readouterr().err
     records = read_metrics(out / "metrics.jsonl")

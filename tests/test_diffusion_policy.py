@@ -1,5 +1,5 @@
 """Diffusion Policy: the temporal UNet, normalisation saved with the policy, sampling through
-the shared samplers, behaviour cloning and evaluation through the CLI, and bad input."""
+the shared samplers, behaviour cloning (`genrl pretrain`) and evaluation (`genrl eval`), and bad input."""
 
 import json
 import shutil
@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import TINY_POLICY_OVERRIDES, UMAZE, run_cli
+from conftest import TINY_POLICY_EVAL_OVERRIDES, TINY_POLICY_OVERRIDES, UMAZE_EVAL, UMAZE_PRETRAIN, run_cli
 from diffusers import DDIMScheduler
 
-from genrl.config import SamplerConfig
+from genrl.commands import eval as eval_command
+from genrl.commands import pretrain
+from genrl.config import SamplerConfig, load_config
 from genrl.errors import CheckpointError, ConfigError
 from genrl.models.temporal_unet import TemporalUnet1D
-from genrl.policy.diffusion_policy import DiffusionPolicy
-from genrl.policy.normalizer import FieldNormalizer, Normalizer
+from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
+from genrl.policies.diffusion.normalizer import FieldNormalizer, Normalizer
 from genrl.run_dir import read_metrics
 from genrl.samplers import build_sampler
 
@@ -54,9 +56,10 @@ def test_policy_without_normalisation_statistics_is_refused(tiny_policy_dir, tmp
     (broken / "normalizer.json").unlink()
     with pytest.raises(CheckpointError, match="normalizer.json"):
         DiffusionPolicy.from_pretrained(broken)
-    code = run_cli("eval", UMAZE, f"policy_path={broken}", f"output_dir={tmp_path / 'eval'}", "eval.num_episodes=1")
+    code = run_cli("eval", UMAZE_EVAL, f"model.path={broken}", f"output_dir={tmp_path / 'eval'}", "rollout.eval.num_episodes=1")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "normalizer.json" in err[0]
+    assert not (tmp_path / "eval").exists()
 
 
 def test_observation_of_the_wrong_shape_is_a_one_line_error(tiny_policy_dir):
@@ -67,8 +70,8 @@ def test_observation_of_the_wrong_shape_is_a_one_line_error(tiny_policy_dir):
 
 
 def test_policy_on_an_env_it_was_not_trained_for_is_refused(tiny_policy_dir, tmp_path, capsys):
-    code = run_cli("eval", "configs/policy/pusht.yaml", f"policy_path={tiny_policy_dir}", f"output_dir={tmp_path / 'e'}",
-                   "eval.num_episodes=1", *TINY_POLICY_OVERRIDES)
+    code = run_cli("eval", "configs/eval/policy_pusht.yaml", f"model.path={tiny_policy_dir}", f"output_dir={tmp_path / 'e'}",
+                   "rollout.eval.num_episodes=1", *TINY_POLICY_EVAL_OVERRIDES)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "PointMaze_UMaze-v3" in err[0] and "18" in err[0]
 
@@ -106,37 +109,86 @@ def test_executed_actions_are_the_chunk_after_the_observations(tiny_policy_dir):
     assert torch.allclose(executed, expected)
 
 
+def evaluate(*overrides, config=UMAZE_EVAL) -> dict:
+    """`genrl eval` of the tiny policy (its sampler fits its 20 training steps)."""
+    return eval_command.run(load_config("eval", config, [*TINY_POLICY_EVAL_OVERRIDES, *overrides]))
+
+
+def behaviour_cloning(*overrides, config=UMAZE_PRETRAIN) -> dict:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return pretrain.run(load_config("pretrain", config, [*TINY_POLICY_OVERRIDES, *overrides]))
+
+
 def test_behaviour_cloning_trains_saves_and_resumes(umaze_demos, tmp_path):
     out = tmp_path / "bc"
-    common = ["pretrain", UMAZE, f"dataset.path={umaze_demos}", f"output_dir={out}", *TINY_POLICY_OVERRIDES,
-              "pretrain.batch_size=32", "pretrain.log_every=10", "pretrain.checkpoint_every=20", "pretrain.warmup_steps=5",
-              "pretrain.optimizer.learning_rate=3e-3", "eval.num_envs=2"]
-    assert run_cli(*common, "pretrain.max_steps=20", "pretrain.eval_episodes=0") == 0
-    AcceleratorState._reset_state(reset_partial_state=True)
-    assert run_cli(*common, "pretrain.max_steps=80", "pretrain.eval_episodes=2", "resume=true") == 0
+    common = [f"data.path={umaze_demos}", f"output_dir={out}", "batch_size=32", "log_every=10", "checkpoint_every=60",
+              "warmup_steps=5", "optimizer.learning_rate=3e-3", "max_steps=80", "eval.episodes.num_episodes=2",
+              "eval.episodes.num_envs=2"]
+    summary = behaviour_cloning(*common)
+    assert summary["dataset_episodes"] == 4 and summary["num_windows"] > 0 and summary["eval_num_episodes"] == 2
+    uninterrupted = DiffusionPolicy.from_pretrained(out / "model").network
+    # A run killed after step 60 (its last checkpoint) resumes there and ends with the same weights.
+    shutil.rmtree(out / "checkpoints" / "checkpoint-80")
+    behaviour_cloning(*common, "resume=true")
     records = read_metrics(out / "metrics.jsonl")
     losses = [r["loss"] for r in records if "loss" in r]
-    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40, 50, 60, 70, 80]  # continued from 20
+    assert [r["step"] for r in records if "loss" in r] == [10, 20, 30, 40, 50, 60, 70, 80]  # 70, 80 logged once
     assert losses[-1] < 0.7 * losses[0]  # it learns
     assert records[-1]["eval_num_episodes"] == 2 and "eval_success_rate" in records[-1]
     policy = DiffusionPolicy.from_pretrained(out / "model")
+    for ours, theirs in zip(policy.network.parameters(), uninterrupted.parameters()):
+        torch.testing.assert_close(ours, theirs)
     assert policy.policy_config["env"]["id"] == "PointMaze_UMaze-v3"
     assert json.loads((out / "model" / "normalizer.json").read_text())["action"]["mode"] == "limits"
 
 
+@pytest.mark.parametrize("schedule", [["schedule.prediction_type=v_prediction"], ["schedule.family=flow"]],
+                         ids=["v_prediction", "flow"])
+def test_policies_pretrain_with_other_parameterisations(schedule, umaze_demos, tmp_path):
+    """The one loop trains any parameterisation of the schedule: v-prediction and flow matching too."""
+    out = tmp_path / "bc"
+    behaviour_cloning(f"data.path={umaze_demos}", f"output_dir={out}", "batch_size=32", "log_every=10", "max_steps=40",
+                      "warmup_steps=5", "optimizer.learning_rate=3e-3", "eval.skip=true", *schedule)
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0], losses  # it learns
+    policy = DiffusionPolicy.from_pretrained(out / "model").eval()
+    if "flow" in schedule[0]:
+        assert policy.family == "flow"
+        sampler_config = SamplerConfig(kind="flow_sde", num_steps=4, noise_level=0.0)
+    else:
+        assert policy.denoiser.prediction_type == "v_prediction"
+        sampler_config = SamplerConfig(kind="ddim", num_steps=4, eta=0.0)
+    condition = policy.condition(torch.zeros(2, 2, 6))
+    chunk = build_sampler(sampler_config, policy).sample(policy.denoiser, condition, (2, *policy.sample_shape)).sample
+    assert chunk.shape == (2, 8, 2) and torch.isfinite(chunk).all()
+
+
 def test_bc_on_a_dataset_from_another_env_is_refused(umaze_demos, tmp_path, capsys):
-    code = run_cli("pretrain", "configs/policy/pointmaze_medium.yaml", f"dataset.path={umaze_demos}",
+    code = run_cli("pretrain", "configs/pretrain/policy_pointmaze_medium.yaml", f"data.path={umaze_demos}",
                    f"output_dir={tmp_path / 'x'}", *TINY_POLICY_OVERRIDES)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "collected in 'PointMaze_UMaze-v3'" in err[-1]
+    assert code == 2 and "collected in 'PointMaze_UMaze-v3', but eval.env.id is 'PointMaze_Medium-v3'" in err[-1]
+    assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+def test_an_evaluation_sampler_that_does_not_fit_is_refused_before_training(umaze_demos, tmp_path):
+    with pytest.raises(ConfigError, match="sampler.num_steps 100 exceeds the model's 20"):
+        behaviour_cloning(f"data.path={umaze_demos}", f"output_dir={tmp_path / 'x'}", "eval.episodes.sampler.kind=ddpm",
+                          "eval.episodes.sampler.num_steps=100")
+    assert not (tmp_path / "x").exists()
 
 
 def test_eval_writes_success_return_and_videos(tiny_policy_dir, tmp_path):
     out = tmp_path / "eval"
-    assert run_cli("eval", UMAZE, f"policy_path={tiny_policy_dir}", f"output_dir={out}", *TINY_POLICY_OVERRIDES,
-                   "eval.num_episodes=3", "eval.num_envs=2", "eval.num_videos=1", "env.max_episode_steps=40") == 0
+    summary = evaluate(f"model.path={tiny_policy_dir}", f"output_dir={out}", "rollout.eval.num_episodes=3",
+                       "rollout.eval.num_envs=2", "rollout.eval.num_videos=1", "rollout.env.max_episode_steps=40")
     (record,) = read_metrics(out / "metrics.jsonl")
-    assert record["num_episodes"] == 3 and 0 <= record["success_rate"] <= 1 and "return_mean" in record
-    assert record["episode_length_mean"] <= 40
+    assert record["num_episodes"] == 3 and "return_mean" in record
+    assert round(record["success_rate"] * 3, 6) in (0, 1, 2, 3)  # a share of the 3 episodes, not of steps
+    assert record["episode_length_mean"] <= 40 and record["model_path"] == str(tiny_policy_dir)
+    assert json.loads((out / "summary.json").read_text()) == summary
     gif = out / "samples" / "eval_episode0.gif"
     assert gif.exists() and gif.stat().st_size > 1000
+    # rollout.eval.sampler, when set, is the one used (100 steps do not fit this policy)
+    with pytest.raises(ConfigError, match="sampler.num_steps 100 exceeds"):
+        evaluate(f"model.path={tiny_policy_dir}", f"output_dir={tmp_path / 'e2'}", "rollout.eval.sampler={kind: ddpm, num_steps: 100}")

@@ -34,7 +34,7 @@ def test_branching_and_critic_trainers_under_two_processes(tiny_model_dir, tmp_p
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     runs = {
-        "b2": ["configs/b2diffurl/shapes_sparse_alignment.yaml", "reward.name=jpeg_compressibility", "sample_batch_size=10",
+        "b2": ["configs/b2diffurl/shapes_sparse_alignment.yaml", "rollout.reward.name=jpeg_compressibility", "rollout.batch_size=10",
                "train_batch_size=2", "b2diffurl.split_step_start=2", "b2diffurl.split_step_end=4"],
         "sft": ["configs/sft/shapes_10step.yaml", "sft_pg.critic_batch_size=4", "sft_pg.critic_warmup_steps=2"],
     }
@@ -56,11 +56,11 @@ def test_policy_rl_splits_environments_across_two_processes(tiny_policy_dir, tmp
 
     accelerate = Path(sys.executable).with_name("accelerate")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    for trainer, extra in [("dppo", ["dppo.ft_denoising_steps=2"]), ("rebel", ["episodes_per_state=2"])]:
+    for trainer, extra in [("dppo", ["dppo.ft_denoising_steps=2"]), ("rebel", ["rollout.group_size=2"])]:
         out = tmp_path / trainer
         command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl", "train", DPPO, f"trainer={trainer}",
-                   f"policy_path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL, "num_iterations=2", *extra]
+                   f"model.path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL, "num_epochs=2", *extra]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-12000:]
         records = read_metrics(out / "metrics.jsonl")

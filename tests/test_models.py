@@ -90,7 +90,7 @@ def test_eval_command_scores_a_model(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "configs/eval/shapes.yaml", f"model.path={tiny_model_dir}", f"output_dir={out}",
-              "num_samples=4", "sampler.num_steps=2"])
+              "rollout.eval_samples=4", "sampler.num_steps=2"])
     assert exit_info.value.code == 0
     record = read_metrics(out / "metrics.jsonl")[-1]
     assert record["num_samples"] == 4

@@ -12,7 +12,7 @@ from conftest import run_cli
 
 from genrl.config import SamplerConfig
 from genrl.models.step_routed_network import StepRoutedNetwork
-from genrl.policy.diffusion_policy import DiffusionPolicy
+from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from genrl.run_dir import read_metrics
 from genrl.samplers import build_sampler
 from genrl.trainers.dppo import clip_ranges, denoising_discount, gae_advantages
@@ -21,8 +21,8 @@ from genrl.trainers.rebel import rebel_loss, rebel_residuals, rebel_signed_loss
 DPPO = "configs/policy_rl/pointmaze_medium_dppo.yaml"
 # 4 U-maze episodes of at most 40 env steps per iteration, a 4-step DDIM chain; the dense
 # reward (exp(-distance to goal)) gives a random-init policy's episodes different rewards.
-TINY_RL = ["env.id=PointMaze_UMaze-v3", "env.max_episode_steps=40", "env.kwargs={continuing_task: false, reward_type: dense}",
-           "num_envs=4", "sampler.num_steps=4", "train_batch_size=32", "ppo.update_epochs=1", "eval.num_episodes=2", "eval.num_envs=2", "eval.num_videos=0",
+TINY_RL = ["rollout.env.id=PointMaze_UMaze-v3", "rollout.env.max_episode_steps=40", "rollout.env.kwargs={continuing_task: false, reward_type: dense}",
+           "rollout.num_envs=4", "sampler.num_steps=4", "train_batch_size=32", "ppo.update_epochs=1", "rollout.eval.num_episodes=2", "rollout.eval.num_envs=2", "rollout.eval.num_videos=0",
            "log_with=[]", "checkpoint_every=1", "optimizer.learning_rate=1e-3", "rebel.pairs_per_update=1",
            "dppo.ft_denoising_steps=null"]
 
@@ -136,14 +136,14 @@ def test_rebel_over_episodes_of_many_chains_has_the_exact_gradient(tiny_policy_d
 # ------------------------------------------------------------------ real runs through the CLI
 @pytest.mark.parametrize("trainer, extra", [
     ("ddpo", ["sampler.kind=ddim"]),
-    ("dppo", ["dppo.ft_denoising_steps=2", "dppo.critic_warmup_iterations=1"]),
-    ("rebel", ["episodes_per_state=2"]),
-    ("ddpo", ["episodes_per_state=2"]),
+    ("dppo", ["dppo.ft_denoising_steps=2", "dppo.critic_warmup_epochs=1"]),
+    ("rebel", ["rollout.group_size=2"]),
+    ("ddpo", ["rollout.group_size=2"]),
 ])
 def test_each_policy_trainer_runs_through_the_cli(trainer, extra, tiny_policy_dir, tmp_path):
     out = tmp_path / trainer
-    assert run_cli("train", DPPO, f"trainer={trainer}", f"policy_path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL,
-                   "num_iterations=2", *extra) == 0
+    assert run_cli("train", DPPO, f"trainer={trainer}", f"model.path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL,
+                   "num_epochs=2", *extra) == 0
     records = read_metrics(out / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [1, 2]
     assert records[1]["env_steps"] > records[0]["env_steps"] > 0
@@ -162,54 +162,54 @@ def test_each_policy_trainer_runs_through_the_cli(trainer, extra, tiny_policy_di
 
 def test_policy_rl_resumes_from_its_checkpoint(tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
-    common = ["train", DPPO, f"policy_path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL]
-    assert run_cli(*common, "num_iterations=1") == 0
+    common = ["train", DPPO, f"model.path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL]
+    assert run_cli(*common, "num_epochs=1") == 0
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert run_cli(*common, "num_iterations=2", "resume=true") == 0
+    assert run_cli(*common, "num_epochs=2", "resume=true") == 0
     records = read_metrics(out / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [1, 2]
     assert records[1]["env_steps"] > records[0]["env_steps"]
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert run_cli(*common, "num_iterations=3") == 2  # without resume=true the run is refused
+    assert run_cli(*common, "num_epochs=3") == 2  # without resume=true the run is refused
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["trainer=rebel"], "set episodes_per_state=2"),
-    (["episodes_per_state=3"], "num_envs 4 must be a multiple of episodes_per_state (3)"),
-    (["reward=score"], "needs env.score_key"),
+    (["rollout.group_size=3"], "num_envs 4 must be a multiple of episodes_per_state (3)"),
+    (["rollout.reward=score"], "needs env.score_key"),
     (["dppo.ft_denoising_steps=9"], "exceeds the sampler's 4 stochastic steps"),
-    (["policy_path=/no/such/policy"], "/no/such/policy"),
-    (["env.id=PointMaze_Nowhere-v3"], "PointMaze_Nowhere-v3"),
+    (["model.path=/no/such/policy"], "/no/such/policy"),
+    (["rollout.env.id=PointMaze_Nowhere-v3"], "PointMaze_Nowhere-v3"),
 ])
 def test_bad_policy_rl_settings_fail_with_one_line(overrides, message, tiny_policy_dir, tmp_path, capsys):
-    code = run_cli("train", DPPO, f"policy_path={tiny_policy_dir}", f"output_dir={tmp_path / 'r'}", *TINY_RL, *overrides)
+    code = run_cli("train", DPPO, f"model.path={tiny_policy_dir}", f"output_dir={tmp_path / 'r'}", *TINY_RL, *overrides)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1] and err[-1].startswith("genrl: error:")
 
 
 def test_policy_gradient_raises_the_reward_of_a_bandit(tmp_path):
     """End to end, the update goes the right way: on the one-step bandit (tests/toy_envs.py)
-    DDPO and DPPO raise the success rate of a random-init policy within a few iterations."""
+    DDPO, DPPO and REBEL raise the success rate of a random-init policy within a few iterations."""
     from genrl.config import load_config
     from genrl.data.demonstrations import Demonstrations
-    from genrl.policy.pretrain import build_policy
+    from conftest import TINY_POLICY_OVERRIDES, UMAZE_PRETRAIN
+
+    from genrl.pretraining import build_policy
 
     torch.manual_seed(0)
-    config = load_config("pretrain", "configs/policy/pointmaze_umaze.yaml",
-                         ["policy.horizon=8", "policy.n_action_steps=4", "policy.down_dims=[8,16]", "policy.n_groups=4",
-                          "policy.timestep_embed_dim=16", "policy.num_train_timesteps=20"])
+    config = load_config("pretrain", UMAZE_PRETRAIN, TINY_POLICY_OVERRIDES)
     rng = np.random.default_rng(0)
     uniform = Demonstrations(obs=rng.uniform(-1, 1, (64, 2)).astype(np.float32), action=rng.uniform(-1, 1, (64, 2)).astype(np.float32),
                              reward=np.zeros(64), episode_ends=np.array([64]), episode_success=None, episode_seed=None,
                              episode_score=None, attrs={})
     build_policy(config, uniform).save_pretrained(tmp_path / "policy")
-    for trainer in ("ddpo", "dppo"):
+    for trainer, extra in [("ddpo", []), ("dppo", []), ("rebel", ["rollout.group_size=2", "rebel.pairs_per_update=8"])]:
         AcceleratorState._reset_state(reset_partial_state=True)
         out = tmp_path / trainer
-        assert run_cli("train", DPPO, f"trainer={trainer}", f"policy_path={tmp_path / 'policy'}", "env.id=toy_envs:Bandit-v0",
-                       "env.kwargs={}", "env.obs_keys=null", f"output_dir={out}", "num_iterations=16", "num_envs=64",
-                       "sampler.num_steps=4", "eval.num_episodes=128", "eval.num_envs=128", "eval.num_videos=0", "log_with=[]",
-                       "optimizer.learning_rate=1e-3", "train_batch_size=256", "dppo.critic_warmup_iterations=1",
+        assert run_cli("train", DPPO, f"trainer={trainer}", *extra, f"model.path={tmp_path / 'policy'}", "rollout.env.id=toy_envs:Bandit-v0",
+                       "rollout.env.kwargs={}", "rollout.env.obs_keys=null", f"output_dir={out}", "num_epochs=16", "rollout.num_envs=64",
+                       "sampler.num_steps=4", "rollout.eval.num_episodes=128", "rollout.eval.num_envs=128", "rollout.eval.num_videos=0", "log_with=[]",
+                       "optimizer.learning_rate=1e-3", "train_batch_size=256", "dppo.critic_warmup_epochs=1",
                        "dppo.ft_denoising_steps=null") == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["success_rate_after"] > summary["success_rate_before"] + 0.15, (trainer, summary)
@@ -217,12 +217,13 @@ def test_policy_gradient_raises_the_reward_of_a_bandit(tmp_path):
 
 def test_grouped_episodes_share_initial_states_and_ranks_never_share_seeds():
     from genrl.config import load_config
-    from genrl.trainers.policy_rl import TRAIN_SEED_BASE, episode_seeds
+    from genrl.trainers.env_rollout import TRAIN_SEED_BASE, episode_seeds
 
-    config = load_config("train", DPPO, ["num_envs=4", "episodes_per_state=2"])
-    seeds = episode_seeds(config, iteration=3, rank=1, world=2)
+    config = load_config("train", DPPO, ["rollout.num_envs=4", "rollout.group_size=2"])
+    seeds = episode_seeds(config.seed, 4, 2, epoch=3, rank=1, world=2)
     assert seeds[0] == seeds[1] and seeds[2] == seeds[3] and seeds[1] != seeds[2]
-    other_rank = episode_seeds(config, iteration=3, rank=0, world=2)
-    next_iteration = episode_seeds(config, iteration=4, rank=0, world=2)
-    assert not set(seeds) & set(other_rank) and not set(seeds) & set(next_iteration)
-    assert min(seeds) >= TRAIN_SEED_BASE > config.eval.seed + config.eval.num_episodes  # never an evaluation seed
+    other_rank = episode_seeds(config.seed, 4, 2, epoch=3, rank=0, world=2)
+    next_epoch = episode_seeds(config.seed, 4, 2, epoch=4, rank=0, world=2)
+    assert not set(seeds) & set(other_rank) and not set(seeds) & set(next_epoch)
+    eval_config = config.rollout.eval
+    assert min(seeds) >= TRAIN_SEED_BASE > eval_config.seed + eval_config.num_episodes  # never an evaluation seed

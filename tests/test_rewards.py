@@ -36,7 +36,8 @@ def test_unknown_reward_is_a_config_error():
     "bad,message",
     [(lambda n: RewardOutput(scores=torch.full((n,), float("nan"))), "non-finite"),
      (lambda n: RewardOutput(scores=torch.zeros(n + 1)), "shape"),
-     (lambda n: torch.zeros(n), "expected RewardOutput")],
+     (lambda n: {"scores": torch.zeros(n)}, "expected RewardOutput"),
+     (lambda n: torch.zeros(n, 1), "shape")],
 )
 def test_misbehaving_reward_raises_naming_it(monkeypatch, bad, message):
     monkeypatch.setitem(REWARDS, "broken", lambda images, prompts: bad(images.shape[0]))

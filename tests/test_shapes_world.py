@@ -28,13 +28,15 @@ from genrl.shapes.world import BACKGROUND_KINDS, random_background
 
 
 def test_same_seed_gives_same_batch_and_different_seed_differs() -> None:
-    images_a, captions_a, _ = generate_batch(np.random.default_rng(7), 8)
+    images_a, captions_a, scenes_a = generate_batch(np.random.default_rng(7), 8)
     images_b, captions_b, _ = generate_batch(np.random.default_rng(7), 8)
     images_c, captions_c, _ = generate_batch(np.random.default_rng(8), 8)
     assert torch.equal(images_a, images_b) and captions_a == captions_b
     assert not torch.equal(images_a, images_c)
     assert images_a.shape == (8, 3, 32, 32) and images_a.dtype == torch.float32
-    assert images_a.min() >= -1.0 and images_a.max() <= 1.0
+    # [-1, 1] is the rendered uint8 image, 0 -> -1 and 255 -> 1.
+    rendered = torch.from_numpy(np.stack([render(scene)[0] for scene in scenes_a])).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close((images_a + 1) * 127.5, rendered, atol=1e-4, rtol=0)
 
 
 def test_captions_round_trip_through_parse_caption() -> None:

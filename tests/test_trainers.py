@@ -10,7 +10,7 @@ from accelerate.state import AcceleratorState
 from conftest import TINY_TRAIN_OVERRIDES, run_cli
 
 from genrl.config import SamplerConfig
-from genrl.evaluate import sample_trajectory
+from genrl.evaluation.images import sample_trajectory
 from genrl.models.loading import load_model
 from genrl.run_dir import read_metrics
 from genrl.samplers import build_sampler
@@ -194,8 +194,8 @@ def test_real_images_from_a_directory(tmp_path):
 TRAINER_RECIPES = {
     "pxpo": ("configs/pxpo/shapes_pixel_alignment.yaml", "configs/pxpo/shapes_flow_pixel_alignment.yaml", []),
     "b2diffurl": ("configs/b2diffurl/shapes_sparse_alignment.yaml", "configs/b2diffurl/shapes_flow_sparse_alignment.yaml",
-                  ["sample_batch_size=10", "train_batch_size=2", "b2diffurl.split_step_start=2", "b2diffurl.split_step_end=4",
-                   "reward.name=shapes_alignment"]),
+                  ["rollout.batch_size=10", "train_batch_size=2", "b2diffurl.split_step_start=2", "b2diffurl.split_step_end=4",
+                   "rollout.reward.name=shapes_alignment"]),
     "rebel": ("configs/rebel/shapes_compressibility.yaml", "configs/rebel/shapes_flow_compressibility.yaml", []),
     "sft": ("configs/sft/shapes_10step.yaml", "configs/sft/shapes_flow_10step.yaml", ["sft_pg.critic_batch_size=4", "sft_pg.critic_warmup_steps=2"]),
 }
@@ -230,11 +230,11 @@ def test_new_trainers_resume_from_their_checkpoint(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, code, message", [
-    (["trainer=pxpo", "reward.name=jpeg_compressibility"], 1, "pxpo needs a reward that returns a per-pixel map"),
-    (["trainer=rebel", "samples_per_prompt=1"], 2, "samples_per_prompt=2"),
-    (["trainer=pxpo", "b2diffurl.enabled=true", "b2diffurl.branch_factor=2"], 2, "b2diffurl wraps the ddpo or rebel loss"),
+    (["trainer=pxpo", "rollout.reward.name=jpeg_compressibility"], 1, "pxpo needs a reward that returns a per-pixel map"),
+    (["trainer=rebel", "rollout.group_size=1"], 2, "rollout.group_size=2"),
+    (["trainer=pxpo", "b2diffurl.enabled=true", "rollout.group_size=2"], 2, "b2diffurl wraps the ddpo or rebel loss"),
     (["trainer=sft_pg", "sft_pg.real_data=/no/such/dir"], 2, "sft_pg.real_data"),
-    (["samples_per_prompt=3"], 2, "multiple of samples_per_prompt"),
+    (["rollout.group_size=3"], 2, "multiple of group_size"),
 ])
 def test_bad_trainer_settings_fail_with_one_line(overrides, code, message, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"

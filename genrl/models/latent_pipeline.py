@@ -117,13 +117,27 @@ class LatentPipelineModel(ScheduledModel):
         return self.encode_prompts([""] * batch_size)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [-1, 1], `decode_chunk_size` at a time."""
+        """Latents -> images in [-1, 1], `decode_chunk_size` at a time. A VAE whose config sets
+        `force_upcast` (SDXL's, which overflows in float16) decodes in float32, as diffusers' SDXL
+        pipeline does: float16 weights are cast up for the decode and back after it, and mixed
+        precision's autocast is off while it runs."""
+        import contextlib
+
         config = self.vae.config
         latents = latents / config.scaling_factor + (config.get("shift_factor") or 0.0)
-        images = [
-            self.vae.decode(chunk.to(self.vae.dtype), return_dict=False)[0]
-            for chunk in latents.split(self.decode_chunk_size)
-        ]
+        force_upcast = bool(config.get("force_upcast", False))
+        upcast = force_upcast and self.vae.dtype == torch.float16
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            with torch.autocast(latents.device.type, enabled=False) if force_upcast else contextlib.nullcontext():
+                images = [
+                    self.vae.decode(chunk.to(self.vae.dtype), return_dict=False)[0]
+                    for chunk in latents.split(self.decode_chunk_size)
+                ]
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
         return torch.cat(images).float().clamp(-1, 1)
 
     def save_finetuned(self, output_dir: Path, network: torch.nn.Module, lora: bool, merged: bool = True) -> None:

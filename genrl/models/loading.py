@@ -1,8 +1,9 @@
 """Load `model.path` into the interface trainers use.
 
-A directory written by genrl's own `save_pretrained` (the Shapes models) becomes a
-`PromptDiffusionModel`; a diffusers text-to-image pipeline directory (SD 1.x/2.x, SDXL, SD3)
-becomes a `LatentPipelineModel`. Both are told apart by model_index.json's `_class_name`.
+A directory written by genrl's own `save_pretrained` (the Shapes models: `_class_name`
+ShapesPipeline, or PromptDiffusionModel in older ones) becomes a `PromptDiffusionModel`; a
+diffusers text-to-image pipeline directory (SD 1.x/2.x, SDXL, SD3) becomes a `LatentPipelineModel`.
+Both are told apart by model_index.json's `_class_name`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from genrl.errors import CheckpointError
 from genrl.models.latent_pipeline import LatentPipelineModel
-from genrl.models.prompt_diffusion_model import MODEL_INDEX, PromptDiffusionModel
+from genrl.models.prompt_diffusion_model import CLASS_NAMES, MODEL_INDEX, PromptDiffusionModel
 
 
 def load_model(path: str | Path, resolution: int | None = None, decode_chunk_size: int = 8):
@@ -26,6 +27,6 @@ def load_model(path: str | Path, resolution: int | None = None, decode_chunk_siz
         class_name = json.loads(index_path.read_text()).get("_class_name")
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{index_path} is not valid JSON: {error}") from None
-    if class_name == "PromptDiffusionModel":
+    if class_name in CLASS_NAMES:
         return PromptDiffusionModel.from_pretrained(path)
     return LatentPipelineModel.from_pretrained(path, resolution=resolution, decode_chunk_size=decode_chunk_size)

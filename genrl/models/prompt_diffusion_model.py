@@ -1,7 +1,9 @@
 """A prompt-conditioned pixel-space diffusion model saved in a diffusers-style directory.
 
-Layout (each component is diffusers' own format: safetensors + config.json):
-    model_index.json        which classes make up the model
+Layout (each component is diffusers' own format: safetensors + config.json), which diffusers
+also loads as a `ShapesPipeline` (genrl/models/shapes_pipeline.py):
+    model_index.json        which classes make up the model (`_class_name` ShapesPipeline;
+                            directories written before it say PromptDiffusionModel and load too)
     unet/                   the denoiser network (UNet2DConditionModel, UNet2DModel or DiT)
     text_encoder/           PromptEncoder
     tokenizer/vocab.json    WordTokenizer
@@ -22,12 +24,14 @@ import torch
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from genrl.errors import CheckpointError
-from genrl.models.networks import NETWORK_CLASSES, network_kind
+from genrl.models.networks import NETWORK_CLASSES
 from genrl.models.scheduled_model import ScheduledModel
+from genrl.models.shapes_pipeline import MODEL_INDEX, ShapesPipeline, save_components
 from genrl.models.text_encoder import PromptEncoder, WordTokenizer
 
-MODEL_INDEX = "model_index.json"
 SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler}
+NETWORKS_BY_CLASS_NAME = {cls.__name__: cls for cls in NETWORK_CLASSES.values()}
+CLASS_NAMES = (ShapesPipeline.__name__, "PromptDiffusionModel")  # model_index `_class_name`s this class loads
 
 
 class PromptDiffusionModel(ScheduledModel):
@@ -71,14 +75,7 @@ class PromptDiffusionModel(ScheduledModel):
             PromptDiffusionModel(network, self.text_encoder, self.tokenizer, self.scheduler).save_pretrained(output_dir / "model")
 
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.network.save_pretrained(directory / "unet")
-        self.text_encoder.save_pretrained(directory / "text_encoder")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        self.scheduler.save_pretrained(directory / "scheduler")
-        index = {"_class_name": "PromptDiffusionModel", "network_kind": network_kind(self.network)}
-        (directory / MODEL_INDEX).write_text(json.dumps(index, indent=1))
+        save_components(directory, self.network, self.text_encoder, self.tokenizer, self.scheduler)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "PromptDiffusionModel":
@@ -88,9 +85,12 @@ class PromptDiffusionModel(ScheduledModel):
             raise CheckpointError(f"model directory {directory} has no {MODEL_INDEX} (not a saved genrl model)")
         try:
             index = json.loads(index_path.read_text())
-            network_class = NETWORK_CLASSES[index["network_kind"]]
-        except (json.JSONDecodeError, KeyError) as error:
-            raise CheckpointError(f"{index_path} is corrupt: {error}") from None
+            if index.get("_class_name") == "PromptDiffusionModel":  # written before ShapesPipeline existed
+                network_class = NETWORK_CLASSES[index["network_kind"]]
+            else:
+                network_class = NETWORKS_BY_CLASS_NAME[index["unet"][1]]
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+            raise CheckpointError(f"{index_path} is corrupt: {type(error).__name__}: {error}") from None
         for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
             if not (directory / component).is_dir():
                 raise CheckpointError(f"model directory {directory} is missing its {component}/ component")

@@ -21,7 +21,18 @@ from genrl.errors import ConfigError
 PAD_TOKEN = "<pad>"
 
 
-class WordTokenizer:
+class PreTrainedTokenizer:
+    """What diffusers' pipeline loader needs to load WordTokenizer as a pipeline component.
+
+    For a component declared as ["genrl.models.text_encoder", "WordTokenizer"] in
+    model_index.json, `DiffusionPipeline.from_pretrained` picks the load method by looking up
+    the base-class names it knows (ModelMixin, SchedulerMixin, PreTrainedTokenizer, ...) in
+    this module and taking `from_pretrained` of one the class derives from. This is not
+    transformers' tokenizer: only the name is shared.
+    """
+
+
+class WordTokenizer(PreTrainedTokenizer):
     """Splits on whitespace and maps words to ids; id 0 is padding (and the empty prompt)."""
 
     def __init__(self, vocabulary: list[str], max_length: int):
@@ -50,7 +61,8 @@ class WordTokenizer:
         (directory / "vocab.json").write_text(json.dumps(payload, indent=1))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "WordTokenizer":
+    def from_pretrained(cls, directory: str | Path, **loading_kwargs) -> "WordTokenizer":
+        """`loading_kwargs` (dtype, device map, ... from diffusers' pipeline loader) do not apply."""
         path = Path(directory) / "vocab.json"
         if not path.is_file():
             from genrl.errors import CheckpointError

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genrl.trainers.stat_tracker import PerPromptStatTracker, standardized_unit_rewards
+from genrl.trainers.updates import ppo_update
 from genrl.trajectory import Trajectory
 
 
@@ -75,3 +77,56 @@ def best_worst_pairs(rewards: np.ndarray, branch_factor: int) -> list[tuple[int,
         if scores[best] > scores[worst]:
             pairs.append((branch * branch_factor + best, branch * branch_factor + worst))
     return pairs
+
+
+class B2DiffuRL:
+    """Wraps DDPO or REBEL. Epoch i is stage i: the chain branches after K - split_step(i) steps
+    (the rollout samples `rollout.group_size` children per prefix) and only the window after the
+    branch point is trained. DDPO: per-prompt z-scores, the kept children (select_children) trained
+    on the window. REBEL: each branch's best and worst child as a pair."""
+
+    def __init__(self, config, run, inner):
+        self.config, self.run, self.inner = config, run, inner
+        self.tracker = getattr(inner, "tracker", None) or PerPromptStatTracker(config.ppo.stat_buffer_size,
+                                                                               config.ppo.stat_min_count)
+        self.log_prob_reduce = getattr(inner, "log_prob_reduce", "mean")
+
+    def window(self, epoch: int) -> int:
+        b2 = self.config.b2diffurl
+        return split_step(epoch, b2.num_stages or self.config.num_epochs, b2.split_step_start, b2.split_step_end,
+                          self.run.num_steps)
+
+    def branch_step(self, epoch: int) -> int:
+        return self.run.num_steps - self.window(epoch)
+
+    def steps_to_train(self, epoch: int) -> list[int]:
+        return [s for s in self.run.trainable_steps if s >= self.branch_step(epoch)]
+
+    def update(self, batch, epoch: int) -> dict:
+        from genrl.trainers.rebel import REBEL, rebel_update  # REBEL imports nothing from here
+
+        steps, group = self.steps_to_train(epoch), batch.group_size
+        if isinstance(self.inner, REBEL):
+            rewards = self.inner.unit_rewards(batch)
+            pairs = best_worst_pairs(rewards.cpu().numpy(), group)
+            diagnostics = rebel_update(self.run, batch.trajectory, batch.unit_of_chain, rewards, pairs, steps)
+            kept = 2 * len(pairs)
+        else:
+            z_scores = standardized_unit_rewards(self.run, batch, self.tracker)
+            b2 = self.config.b2diffurl
+            chosen = select_children(z_scores.cpu().numpy(), group, b2.positive_threshold, b2.negative_threshold)
+            clip = self.config.ppo.adv_clip_max
+            self.inner.chain_advantages = z_scores.clamp(-clip, clip)
+            trained = torch.tensor(steps)
+            chain_steps = [trained if n in set(chosen) else trained[:0] for n in range(batch.trajectory.batch_size)]
+            diagnostics = ppo_update(self.run, self.inner, batch.trajectory, chain_steps, pad_step=steps[0])
+            kept = len(chosen)
+        diagnostics["b2_kept_fraction"] = [torch.tensor(kept / batch.num_units)]
+        diagnostics["b2_split_step"] = [torch.tensor(float(self.window(epoch)))]
+        return diagnostics
+
+    def state_dict(self) -> dict:
+        return {"stat_tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state.get("stat_tracker", {}))

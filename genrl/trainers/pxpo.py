@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import gather_object
+
+from genrl.trainers.ddpo import DDPO
+from genrl.trainers.stat_tracker import PerPromptStatTracker
+from genrl.trainers.updates import ppo_update, sample_chain_steps
 
 
 def pixel_map_to_state(pixel_map: torch.Tensor, state_shape: tuple[int, ...]) -> torch.Tensor:
@@ -64,3 +69,26 @@ def pxpo_loss(
         "clipfrac": (torch.abs(torch.exp(log_ratio.detach()) - 1.0) > clip_range).float().mean(),
     }
     return loss, info
+
+
+class PXPO(DDPO):
+    """DDPO with per-element advantages: each sample's reward map (pooled to the denoised state's
+    resolution) standardised by its prompt's reward statistics, weighting the per-element log-probs."""
+
+    log_prob_reduce = "none"
+
+    def update(self, batch, epoch: int) -> dict:
+        all_keys = gather_object(list(batch.group_keys))
+        all_rewards = self.run.accelerator.gather(batch.rewards).cpu().numpy()
+        means, stds = (self.tracker or PerPromptStatTracker(1, 10**9)).normalizers(all_keys, all_rewards)
+        start = self.run.accelerator.process_index * batch.num_units
+        local = lambda values: torch.as_tensor(values[start : start + batch.num_units], dtype=torch.float32,  # noqa: E731
+                                               device=batch.rewards.device)
+        maps = pixel_map_to_state(batch.pixel_maps, tuple(batch.trajectory.sample.shape[1:]))
+        self.chain_advantages = pixel_advantages(maps, local(means), local(stds), self.config.ppo.adv_clip_max)
+        steps = self.steps_to_train(epoch)
+        chain_steps = sample_chain_steps(batch.trajectory.batch_size, steps, self.config.ppo.timestep_fraction, self.run.generator)
+        return ppo_update(self.run, self, batch.trajectory, chain_steps, pad_step=steps[0])
+
+    def policy_loss(self, log_prob, old_log_prob, advantages, clip_range):
+        return pxpo_loss(log_prob, old_log_prob, advantages, clip_range)

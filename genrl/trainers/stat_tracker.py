@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import torch
+from accelerate.utils import gather_object
 
 
 class PerPromptStatTracker:
@@ -45,3 +47,16 @@ class PerPromptStatTracker:
 
     def load_state_dict(self, state: dict) -> None:
         self.history = {prompt: deque(values, maxlen=self.buffer_size) for prompt, values in state.items()}
+
+
+def standardized_unit_rewards(run, batch, tracker: PerPromptStatTracker | None) -> torch.Tensor:
+    """(U,) this process's unit rewards standardised over every process's: within their group key
+    by the tracker's running statistics, or by the whole batch's mean and std when tracker is None."""
+    accelerator = run.accelerator
+    all_rewards = accelerator.gather(batch.rewards).cpu().numpy()
+    if tracker is not None:
+        standardized = tracker.update(gather_object(list(batch.group_keys)), all_rewards)
+    else:
+        standardized = (all_rewards - all_rewards.mean()) / (all_rewards.std() + 1e-6)
+    start = accelerator.process_index * batch.num_units  # every process holds the same number of units
+    return torch.as_tensor(standardized[start : start + batch.num_units], dtype=torch.float32, device=accelerator.device)

@@ -5,7 +5,8 @@ Directory layout (diffusers' formats, like the image models):
     unet/                TemporalUnet1D (safetensors + config.json)
     base_unet/           only after DPPO with ft_denoising_steps: the frozen network of the early steps
                          (policy_config.json's finetuned_below_timestep says where the chain switches)
-    scheduler/           DDPMScheduler (100 steps, squaredcos_cap_v2, epsilon, clip_sample)
+    scheduler/           DDPMScheduler (shipped: 100 steps, squaredcos_cap_v2, epsilon, clip_sample; any
+                         prediction_type), or FlowMatchEulerDiscreteScheduler for a flow-matching policy
     normalizer.json      observation / action statistics (required: see normalizer.py)
     policy_config.json   horizon, n_obs_steps, n_action_steps, obs_dim, action_dim, and the env
 
@@ -22,20 +23,21 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from genrl.errors import CheckpointError, ConfigError
 from genrl.models.scheduled_model import ScheduledModel
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.models.temporal_unet import TemporalUnet1D
-from genrl.policy.normalizer import Normalizer
+from genrl.policies.diffusion.normalizer import Normalizer
 
 MODEL_INDEX = "model_index.json"
 POLICY_CONFIG = "policy_config.json"
+SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler}
 
 
 class DiffusionPolicy(ScheduledModel):
-    def __init__(self, network: TemporalUnet1D, scheduler: DDPMScheduler, normalizer: Normalizer, policy_config: dict):
+    def __init__(self, network: TemporalUnet1D, scheduler: DDPMScheduler | FlowMatchEulerDiscreteScheduler, normalizer: Normalizer, policy_config: dict):
         super().__init__()
         self.network = network
         self.scheduler = scheduler
@@ -105,7 +107,8 @@ class DiffusionPolicy(ScheduledModel):
             if (directory / "base_unet").is_dir():  # fine-tuned late steps, frozen early ones
                 base = TemporalUnet1D.from_pretrained(directory / "base_unet")
                 network = StepRoutedNetwork(base, network, policy_config["finetuned_below_timestep"])
-            scheduler = DDPMScheduler.from_pretrained(directory / "scheduler")
+            scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+            scheduler = SCHEDULERS[scheduler_config["_class_name"]].from_pretrained(directory / "scheduler")
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"could not load policy from {directory}: {message}") from None

@@ -1,15 +1,13 @@
 """Evaluate a Diffusion Policy over seeded episodes: success rate, return, score, videos.
 
-`genrl eval configs/policy/<task>.yaml output_dir=DIR [policy_path=DIR]` runs
-`eval.num_episodes` episodes (episode i reset with `eval.seed + i`, in waves of
-`eval.num_envs` vectorised envs), writes the summary to DIR/metrics.jsonl and
-DIR/summary.json, and saves the first `eval.num_videos` episodes as GIF/MP4 in DIR/samples/.
-The same function evaluates policies at the end of BC training and before/after RL.
+`evaluate_policy` runs `num_episodes` episodes (episode i reset with `seed + i`, in waves of
+`num_envs` vectorised envs) and saves the first `num_videos` episodes as GIF/MP4 in
+output_dir/samples/. The same function serves `genrl eval` (genrl/commands/eval.py), the end of
+pretraining, and the before/after evaluations of RL fine-tuning.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,7 @@ import torch
 
 from genrl.envs import Episodes, make_vector_env, run_episodes, save_video
 from genrl.errors import ConfigError
-from genrl.policy.config import PolicyConfig
-from genrl.policy.diffusion_policy import DiffusionPolicy
-from genrl.run_dir import MetricsLog, prepare_output_dir
-from genrl.samplers import build_sampler
+from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
 
 def check_policy_fits_env(policy: DiffusionPolicy, vector_env, env_id: str) -> None:
@@ -74,13 +69,3 @@ def _merge(waves: list[Episodes]) -> Episodes:
     return Episodes(seeds=[s for w in waves for s in w.seeds], returns=cat("returns"), lengths=cat("lengths"),
                     successes=cat("successes"), score_final=cat("score_final"), score_max=cat("score_max"),
                     frames=waves[0].frames)
-
-
-def evaluate_policy_command(config: PolicyConfig) -> dict:
-    policy = DiffusionPolicy.from_pretrained(config.policy_path).eval()
-    sampler = build_sampler(config.eval.sampler, policy)
-    output_dir = prepare_output_dir(config)
-    summary = {"policy_path": config.policy_path, **evaluate_policy(policy, config.env, config.eval, sampler, output_dir)}
-    MetricsLog(output_dir / "metrics.jsonl").write({"step": 0, **summary})
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary

@@ -1,4 +1,4 @@
-"""`genrl collect CONFIG`: run a scripted expert for N seeded episodes and write a dataset.
+"""`genrl collect CONFIG` (configs/collect/): run a scripted expert for N seeded episodes and write a dataset.
 
 Episode i resets the env with `collect.seed + i`; every step's observation (before the
 action), action and reward are recorded. The dataset (genrl/data/demonstrations.py) carries
@@ -12,13 +12,13 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from genrl.config import CollectConfig
 from genrl.data.demonstrations import DemonstrationWriter
 from genrl.envs import make_env
 from genrl.envs.experts import make_expert
-from genrl.policy.config import PolicyConfig
 
 
-def collect(config: PolicyConfig) -> dict:
+def run(config: CollectConfig) -> dict:
     env_config, collect_config = config.env, config.collect
     writer = DemonstrationWriter(config.dataset.path)  # refuses an existing path before any work
     env = make_env(env_config)

@@ -1,0 +1,1 @@
+"""The commands behind `genrl <command>`: thin modules that read a config and call the library."""

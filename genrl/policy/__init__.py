@@ -1,1 +1,0 @@
-"""Action policies: Diffusion Policy, its normalisation, configs, demonstrations, BC and evaluation."""
