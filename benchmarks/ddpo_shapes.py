@@ -46,16 +46,16 @@ def model_only_seconds(config) -> float:
     model.requires_grad_(False)
     _add_lora(model.network, config)
     sampler = build_sampler(config.sampler, model)
-    trained = max(1, round(config.ddpo.timestep_fraction * len(sampler.stochastic_steps())))
-    condition = model.encode_prompts(["a red circle at the top"] * config.sample_batch_size)
-    x = torch.randn(config.sample_batch_size, *model.sample_shape)
-    t = torch.full((config.sample_batch_size,), 500)
+    trained = max(1, round(config.ppo.timestep_fraction * len(sampler.stochastic_steps())))
+    condition = model.encode_prompts(["a red circle at the top"] * config.rollout.batch_size)
+    x = torch.randn(config.rollout.batch_size, *model.sample_shape)
+    t = torch.full((config.rollout.batch_size,), 500)
     started = time.perf_counter()
     with torch.no_grad():
-        for _ in range(config.num_sample_batches * sampler.num_steps):
+        for _ in range(config.rollout.num_batches * sampler.num_steps):
             model.network(x, t, **condition)
     batch = config.train_batch_size
-    minibatches = config.num_sample_batches * config.sample_batch_size // batch
+    minibatches = config.rollout.num_batches * config.rollout.batch_size // batch
     condition = {k: v[:batch] for k, v in condition.items()}
     for _ in range(minibatches * trained):
         model.network(x[:batch], t[:batch], **condition).sample.mean().backward()
@@ -75,7 +75,7 @@ def main() -> None:
     name = Path(args.config).stem + (f"_{args.tag}" if args.tag else "")
     out = ROOT / f"runs/bench_{name}_seed{args.seed}_{time.strftime('%Y%m%d-%H%M%S')}"  # new: earlier runs are kept
     config = load_config("train", ROOT / args.config, [
-        f"output_dir={out}", f"num_epochs={args.epochs}", f"seed={args.seed}", f"eval_samples={args.eval_samples}",
+        f"output_dir={out}", f"num_epochs={args.epochs}", f"seed={args.seed}", f"rollout.eval_samples={args.eval_samples}",
         *args.overrides,
     ])
     config.model.path = str(ROOT / config.model.path)

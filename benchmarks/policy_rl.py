@@ -36,7 +36,7 @@ RUNS = {
     "medium_rebel": ("configs/policy_rl/pointmaze_medium_rebel.yaml", [], None),
     "pusht_dppo": ("configs/policy_rl/pusht_dppo.yaml", [], "coverage"),
     # every denoising step trained, for 80 iterations (the recipe: the last 5 steps, 30 iterations)
-    "pusht_dppo_all_steps": ("configs/policy_rl/pusht_dppo.yaml", ["dppo.ft_denoising_steps=null", "num_iterations=80"],
+    "pusht_dppo_all_steps": ("configs/policy_rl/pusht_dppo.yaml", ["dppo.ft_denoising_steps=null", "num_epochs=80"],
                              "coverage"),
 }
 

@@ -18,11 +18,15 @@ run (warm-up) is left out; a run's time is the median of its other epochs.
 
 Run:   .venv/bin/python benchmarks/race_trl.py [--pairs 7] [--epochs 6] [--genrl-src DIR]
 Quick: .venv/bin/python benchmarks/race_trl.py --pairs 1 --epochs 3 --tag quick
+Each side at its best within the same budget (one sampling batch of 16; genrl backward passes of
+160 items, one per optimizer step, which gives the same gradients as passes of 8):
+       .venv/bin/python benchmarks/race_trl.py --sample-batch 16 --genrl-items-per-backward 160 --tag batched
 Writes benchmarks/results/race_trl{_tag}.{md,json,png}; the pipeline and every run go to a fresh
 directory runs/race_trl/<timestamp>/ (never reused, never deleted).
 
 `--genrl-src DIR` runs genrl from another source tree (e.g. `git archive HEAD | tar -x -C DIR`)
-with this checkout's venv: the same race against an earlier version of the code.
+with this checkout's venv: the same race against an earlier version of the code. genrl's side is
+driven through its CLI; `genrl_command` is the one place that knows its config keys.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ TRL_VENV = ROOT / ".venv-trl"
 PROMPTS = ["cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow", "goat"]
 SEED = 0
 
-# The shared budget, in one place (both sides read it).
+# The shared budget, in one place (both sides read it). train_batch_size is trl's: chains per backward
+# pass, all at one denoising step; an optimizer step every gradient_accumulation_steps x num_steps passes.
 BUDGET = dict(
     sample_batch_size=8, num_sample_batches=2, num_steps=20, eta=1.0, guidance_scale=5.0,
     train_batch_size=8, gradient_accumulation_steps=1, learning_rate=3e-4, clip_range=1e-4, adv_clip_max=5.0,
     stat_buffer_size=16, stat_min_count=16, lora_rank=4, lora_alpha=4.0, max_grad_norm=1.0,
+    genrl_items_per_backward=8,  # genrl's train_batch_size: (chain, step) items per backward pass
 )
 
 
@@ -79,6 +85,17 @@ def build_pipeline(directory: Path) -> Path:
     )
     pipeline.save_pretrained(directory)
     return directory
+
+
+def child_env() -> dict:
+    """Environment of every timed process (both sides alike): 2 OpenMP threads that sleep when idle.
+
+    On a 2-core machine shared with other work, OpenMP's default spin-waiting makes a 2-thread
+    process 1.5-25x slower whenever a third busy process appears (measured: one UNet forward of
+    this pipeline at batch 16 took 66-72 ms with OMP_WAIT_POLICY=PASSIVE and 106-1707 ms without,
+    in alternating runs under load); passive waiting keeps the race about the trainers."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "2",
+            "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
 
 
 # --------------------------------------------------------------------------- trl's side
@@ -171,14 +188,13 @@ print("RESULT " + json.dumps(records))
 '''
 
 
-def run_trl(python: Path, pipeline: Path, out: Path, epochs: int) -> list[dict]:
+def run_trl(python: Path, pipeline: Path, out: Path, epochs: int, budget: dict = BUDGET) -> list[dict]:
     out.mkdir(parents=True)
     script = out / "trl_child.py"
     script.write_text(TRL_CHILD)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "2",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**child_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run([str(python), str(script), str(pipeline), str(epochs), str(SEED), str(out),
-                             json.dumps(BUDGET), json.dumps(PROMPTS)], cwd=out, env=env, capture_output=True, text=True)
+                             json.dumps(budget), json.dumps(PROMPTS)], cwd=out, env=env, capture_output=True, text=True)
     (out / "log.txt").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise RuntimeError(f"trl run failed, see {out / 'log.txt'}:\n{result.stderr[-2000:]}")
@@ -187,15 +203,18 @@ def run_trl(python: Path, pipeline: Path, out: Path, epochs: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- genrl's side
-def genrl_command(src: Path, pipeline: Path, out: Path, epochs: int) -> tuple[list[str], dict]:
+def genrl_command(src: Path, pipeline: Path, out: Path, epochs: int, budget: dict = BUDGET) -> tuple[list[str], dict]:
     """The genrl invocation: its CLI with the keys of configs/ddpo/sd15_compressibility.yaml (as of
     commit c5176a1: `rollout.*`, `ppo.*`, `train_batch_size` = (chain, step) items per backward pass).
     The ONLY place that knows genrl's config keys (adapt here when the schema changes).
 
-    Budget as trl's: passes of 8 items (one step of 8 chains in trl), an optimizer step every
-    20 passes (trl: one per 8 chains x 20 steps), so 2 optimizer steps per epoch on both sides."""
-    b = BUDGET
-    passes_per_step = b["gradient_accumulation_steps"] * b["num_steps"]  # trl accumulates over the trained steps too
+    Budget as trl's: an optimizer step every 8 chains x 20 steps = 160 items (2 per epoch on both
+    sides), in backward passes of `genrl_items_per_backward` items (8 = trl's pass: 8 chains at one step)."""
+    b = budget
+    items_per_optimizer_step = b["train_batch_size"] * b["gradient_accumulation_steps"] * b["num_steps"]
+    if items_per_optimizer_step % b["genrl_items_per_backward"]:
+        raise ValueError(f"genrl_items_per_backward must divide {items_per_optimizer_step}")
+    passes_per_step = items_per_optimizer_step // b["genrl_items_per_backward"]
     overrides = [
         f"model.path={pipeline}", f"output_dir={out}", "model.resolution=32", "model.decode_chunk_size=16",
         "model.gradient_checkpointing=false", "model.save_merged_model=false", "mixed_precision=no", "log_with=[]",
@@ -204,7 +223,7 @@ def genrl_command(src: Path, pipeline: Path, out: Path, epochs: int) -> tuple[li
         f"rollout.batch_size={b['sample_batch_size']}", f"rollout.num_batches={b['num_sample_batches']}",
         "rollout.prompts.source=list", "rollout.prompts.prompts=[" + ",".join(PROMPTS) + "]",
         "rollout.eval_samples=4", "rollout.eval_group_size=1", "rollout.grid_prompts=4",
-        f"train_batch_size={b['train_batch_size']}", f"gradient_accumulation_steps={passes_per_step}",
+        f"train_batch_size={b['genrl_items_per_backward']}", f"gradient_accumulation_steps={passes_per_step}",
         f"optimizer.learning_rate={b['learning_rate']}", f"optimizer.max_grad_norm={b['max_grad_norm']}",
         "optimizer.weight_decay=1e-4", f"ppo.clip_range={b['clip_range']}", f"ppo.adv_clip_max={b['adv_clip_max']}",
         "ppo.timestep_fraction=1.0", "ppo.update_epochs=1", "ppo.per_group_advantages=true",
@@ -217,11 +236,10 @@ def genrl_command(src: Path, pipeline: Path, out: Path, epochs: int) -> tuple[li
     return command, {"PYTHONPATH": str(src)}
 
 
-def run_genrl(src: Path, pipeline: Path, out: Path, epochs: int) -> list[dict]:
-    command, extra_env = genrl_command(src, pipeline, out / "run", epochs)
+def run_genrl(src: Path, pipeline: Path, out: Path, epochs: int, budget: dict = BUDGET) -> list[dict]:
+    command, extra_env = genrl_command(src, pipeline, out / "run", epochs, budget)
     out.mkdir(parents=True)
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "OMP_NUM_THREADS": "2",
-           "PYTHONWARNINGS": "ignore", **extra_env}
+    env = {**child_env(), **extra_env}
     result = subprocess.run(command, cwd=src, env=env, capture_output=True, text=True)
     (out / "log.txt").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -287,12 +305,15 @@ def write_results(results: dict, tag: str) -> None:
     name = "race_trl" + (f"_{tag}" if tag else "")
     directory = ROOT / "benchmarks/results"
     (directory / f"{name}.json").write_text(json.dumps(results, indent=1))
-    ratios = [p["ratio"] for p in results["pairs"]]
+    ratios, b = [p["ratio"] for p in results["pairs"]], results["budget"]
     lines = [
         "# Race: trl 0.23.1 DDPOTrainer vs genrl DDPO (tiny SD pipeline, CPU, 2 threads)", "",
         f"Command: `{results['command']}`  ", f"genrl source: `{results['genrl_src']}`; started {results['started']}.", "",
-        "Workload: 16 samples x 20 DDIM steps (eta 1) per epoch in 2 batches of 8, CFG 5, LoRA r4, every step trained "
-        "(minibatches of 8 chains), JPEG reward, 32 px (16x16x4 latents), UNet 0.99 M parameters, fp32.", "",
+        f"Workload: 16 samples x 20 DDIM steps (eta 1) per epoch in {b['num_sample_batches']} sampling batch(es) of "
+        f"{b['sample_batch_size']}, CFG 5, LoRA r4, every step trained, an optimizer step every 160 (chain, step) items "
+        f"(2 per epoch), JPEG reward, 32 px (16x16x4 latents), UNet 0.99 M parameters, fp32, 2 OpenMP threads "
+        f"(OMP_WAIT_POLICY=PASSIVE) per process. Backward passes: trl {b['train_batch_size']} chains at one step "
+        f"(its structure); genrl {b['genrl_items_per_backward']} (chain, step) items.", "",
         f"**trl epoch time / genrl epoch time: median {statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}** "
         f"over {len(ratios)} alternating pairs ({results['epochs']} epochs per run; a run's time is the median of epochs 2..).", "",
         "| pair | first | trl s/epoch | genrl s/epoch | trl/genrl | trl sample / reward / train s | genrl sample / reward / train s |",
@@ -306,10 +327,12 @@ def write_results(results: dict, tag: str) -> None:
     lines += ["", "Mean reward per epoch (pair 1):", "",
               "| epoch | " + " | ".join(str(r["epoch"]) for r in results["pairs"][0]["trl"]) + " |",
               "|---" * (1 + len(results["pairs"][0]["trl"])) + "|"]
-    for name in ("trl", "genrl"):
-        lines.append(f"| {name} | " + " | ".join(f"{r['reward_mean']:.3f}" for r in results["pairs"][0][name]) + " |")
+    for side in ("trl", "genrl"):
+        lines.append(f"| {side} | " + " | ".join(f"{r['reward_mean']:.3f}" for r in results["pairs"][0][side]) + " |")
     lines += ["", f"Plot: `benchmarks/results/{name}.png`. trl's epoch time is `DDPOTrainer.step`; genrl's is "
-              "time_sampling + time_reward + time_training from its metrics.jsonl."]
+              "time_sampling + time_reward + time_training from its metrics.jsonl. trl's sampling phase includes "
+              "its text encoding and VAE decode; genrl's VAE decode is in its reward phase. The two sides draw "
+              "different prompts and noise, so their reward curves agree in level, not sample by sample."]
     (directory / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot(results, directory / f"{name}.png")
     print("\n".join(lines))
@@ -321,23 +344,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--genrl-src", type=Path, default=ROOT, help="genrl source tree to race (default: this checkout)")
     parser.add_argument("--tag", default="", help="suffix of the result files (e.g. quick)")
+    parser.add_argument("--sample-batch", type=int, default=8, choices=(8, 16),
+                        help="chains per sampling batch on both sides (16 samples per epoch either way)")
+    parser.add_argument("--genrl-items-per-backward", type=int, default=8,
+                        help="genrl's train_batch_size ((chain, step) items per backward; 8 = trl's pass); the optimizer "
+                             "still steps every 160 items, so the gradients are the same")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first epoch is warm-up)")
     started = time.strftime("%Y%m%d-%H%M%S")
     work = ROOT / "runs/race_trl" / started
     work.mkdir(parents=True, exist_ok=False)  # a fresh directory; refuse to reuse one
+    budget = dict(BUDGET, sample_batch_size=args.sample_batch, num_sample_batches=16 // args.sample_batch,
+                  genrl_items_per_backward=args.genrl_items_per_backward)
     python = ensure_trl_venv()
     pipeline = build_pipeline(work / "pipeline")
     results = {"command": "python benchmarks/race_trl.py " + " ".join(sys.argv[1:]), "genrl_src": str(args.genrl_src),
-               "started": started, "epochs": args.epochs, "budget": BUDGET, "work_dir": str(work), "pairs": []}
+               "started": started, "epochs": args.epochs, "budget": budget, "work_dir": str(work), "pairs": []}
     for pair in range(args.pairs):
         order = ("trl", "genrl") if pair % 2 == 0 else ("genrl", "trl")
         records = {}
         for name in order:
             out = work / f"pair{pair + 1}_{name}"
-            records[name] = (run_trl(python, pipeline, out, args.epochs) if name == "trl"
-                             else run_genrl(args.genrl_src.resolve(), pipeline, out, args.epochs))
+            records[name] = (run_trl(python, pipeline, out, args.epochs, budget) if name == "trl"
+                             else run_genrl(args.genrl_src.resolve(), pipeline, out, args.epochs, budget))
         trl_s, genrl_s = run_seconds(records["trl"]), run_seconds(records["genrl"])
         results["pairs"].append({"first": order[0], "trl": records["trl"], "genrl": records["genrl"], "trl_seconds": trl_s,
                                  "genrl_seconds": genrl_s, "ratio": trl_s / genrl_s,

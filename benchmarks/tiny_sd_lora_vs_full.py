@@ -31,8 +31,8 @@ pipeline, out, lora = sys.argv[1], sys.argv[2], sys.argv[3]
 config = load_config("train", "configs/ddpo/sd15_compressibility.yaml", [
     f"model.path={pipeline}", f"output_dir={out}", f"lora.enabled={lora}", "model.resolution=32",
     "model.gradient_checkpointing=false", "model.save_merged_model=false", "mixed_precision=no",
-    "sample_batch_size=8", "num_sample_batches=2", "train_batch_size=4", "gradient_accumulation_steps=2",
-    "sampler.num_steps=10", "eval_samples=8", "num_epochs=%d", "log_with=[]", "prompts.prompts=[cat,dog,fish,bird]"])
+    "rollout.batch_size=8", "rollout.num_batches=2", "train_batch_size=4", "gradient_accumulation_steps=2",
+    "sampler.num_steps=10", "rollout.eval_samples=8", "num_epochs=%d", "log_with=[]", "rollout.prompts.prompts=[cat,dog,fish,bird]"])
 train(config)
 records = read_metrics(f"{out}/metrics.jsonl")[1:]  # epoch 1 includes one-time warm-up
 epoch = [r["time_sampling"] + r["time_reward"] + r["time_training"] for r in records]

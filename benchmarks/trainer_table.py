@@ -28,27 +28,27 @@ RESULTS = ROOT / "benchmarks" / "results" / "trainers"
 RUNS = ROOT / "runs" / "benchmarks"
 
 # Per-epoch budget shared by both arms of a comparison (reward queries per epoch).
-BUDGET = ["num_sample_batches=1", "train_batch_size=16", "gradient_accumulation_steps=2", "checkpoint_every=100",
-          "log_with=[]", "eval_samples=64", "eval_samples_per_prompt=4"]
+BUDGET = ["rollout.num_batches=1", "train_batch_size=16", "gradient_accumulation_steps=2", "checkpoint_every=100",
+          "log_with=[]", "rollout.eval_samples=64", "rollout.eval_group_size=4"]
 
 COMPARISONS = {
     # comparison: {arm: (recipe, overrides)}
     "pxpo": {
-        "pxpo": ("configs/pxpo/shapes_pixel_alignment.yaml", ["sample_batch_size=32"]),
-        "ddpo": ("configs/pxpo/shapes_pixel_alignment.yaml", ["trainer=ddpo", "sample_batch_size=32"]),
+        "pxpo": ("configs/pxpo/shapes_pixel_alignment.yaml", ["rollout.batch_size=32"]),
+        "ddpo": ("configs/pxpo/shapes_pixel_alignment.yaml", ["trainer=ddpo", "rollout.batch_size=32"]),
     },
     "b2diffurl": {
-        "b2diffurl": ("configs/b2diffurl/shapes_sparse_alignment.yaml", ["sample_batch_size=30", "train_batch_size=8"]),
+        "b2diffurl": ("configs/b2diffurl/shapes_sparse_alignment.yaml", ["rollout.batch_size=30", "train_batch_size=8"]),
         "ddpo": ("configs/b2diffurl/shapes_sparse_alignment.yaml",
-                 ["b2diffurl.enabled=false", "sample_batch_size=30", "train_batch_size=10", "gradient_accumulation_steps=3",
-                  "ddpo.timestep_fraction=0.5", "ddpo.stat_min_count=16"]),
+                 ["b2diffurl.enabled=false", "rollout.batch_size=30", "train_batch_size=10", "gradient_accumulation_steps=3",
+                  "ppo.timestep_fraction=0.5", "ppo.stat_min_count=16"]),
     },
     "rebel": {
-        "rebel": ("configs/rebel/shapes_compressibility.yaml", ["sample_batch_size=32"]),
-        "ddpo": ("configs/ddpo/shapes_compressibility.yaml", ["sample_batch_size=32", "eval_samples_per_prompt=4"]),
+        "rebel": ("configs/rebel/shapes_compressibility.yaml", ["rollout.batch_size=32"]),
+        "ddpo": ("configs/ddpo/shapes_compressibility.yaml", ["rollout.batch_size=32", "rollout.eval_group_size=4"]),
     },
     "sft": {
-        "sft_pg": ("configs/sft/shapes_10step.yaml", ["sample_batch_size=32", "sft_pg.critic_batch_size=32"]),
+        "sft_pg": ("configs/sft/shapes_10step.yaml", ["rollout.batch_size=32", "sft_pg.critic_batch_size=32"]),
     },
 }
 

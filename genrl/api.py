@@ -37,12 +37,27 @@ def fine_tune(config: TrainConfig | dict, reward: Callable | None = None) -> Pat
         if config.rollout.kind != "prompts":
             raise ConfigError("a reward function scores images (rollout.kind: prompts); env rollouts are rewarded by the env")
         module, name = getattr(reward, "__module__", None), getattr(reward, "__qualname__", "reward")
-        if module in (None, "__main__") or "<" in name:  # not importable: registered for this process only
+        if _importable(module, name, reward):
+            label = f"{module}:{name}"
+        else:  # defined in __main__, a notebook or a closure: registered for this process only
             label = "python." + name.replace("<", "").replace(">", "")  # no colon: not an import path
             REWARDS[label] = reward
-        else:
-            label = f"{module}:{name}"
         config = config.model_copy(update={"rollout": config.rollout.model_copy(
             update={"reward": config.rollout.reward.model_copy(update={"name": label, "components": [], "kwargs": {}})})})
     train(config)
     return Path(config.output_dir)
+
+
+def _importable(module: str | None, name: str, function: Callable) -> bool:
+    """True if `module:name` imports back to this very function."""
+    import importlib
+
+    if module in (None, "__main__") or "<" in name:
+        return False
+    try:
+        found = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return False
+    return found is function

@@ -38,13 +38,17 @@ class GuidedNetwork(torch.nn.Module):
         condition: dict[str, torch.Tensor],
         guidance_scale: float = 1.0,
         null_condition: dict[str, torch.Tensor] | None = None,
+        paired_condition: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Raw network output, with classifier-free guidance when guidance_scale != 1."""
+        """Raw network output, with classifier-free guidance when guidance_scale != 1.
+
+        `paired_condition`, if given, is `cat_conditions([null_condition, condition])` made once
+        by the caller (a sampling loop calls this with the same conditions at every step)."""
         t = torch.as_tensor(t, device=x_t.device)
         if guidance_scale == 1.0 or null_condition is None:
             return call_network(self.network, x_t, t, condition)
         # One batched call for both branches, as diffusers pipelines do.
-        both = cat_conditions([null_condition, condition])
+        both = paired_condition if paired_condition is not None else cat_conditions([null_condition, condition])
         t_both = t.expand(x_t.shape[0]).repeat(2) if t.ndim == 0 else t.repeat(2)
         uncond, cond = call_network(self.network, torch.cat([x_t, x_t]), t_both, both).chunk(2)
         return uncond + guidance_scale * (cond - uncond)
@@ -66,15 +70,25 @@ class Denoiser(GuidedNetwork):
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
         self.clip_sample_range = clip_sample_range
+        self._alphas_cache: dict = {}
 
     @property
     def num_train_timesteps(self) -> int:
         return self.alphas_cumprod.shape[0]
 
+    def alphas(self, like: torch.Tensor) -> torch.Tensor:
+        """alphas_cumprod in float64 if `like` is float64, else float32: converted once per dtype and
+        device (again if the buffer is moved or changed), not at every step. Read-only."""
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        source = self.alphas_cumprod
+        entry = self._alphas_cache.get(dtype)
+        if entry is None or entry[0] is not source or entry[1] != source._version:
+            entry = self._alphas_cache[dtype] = (source, source._version, source.to(dtype))
+        return entry[2]
+
     def alpha_bar(self, t: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """a_bar_t in the dtype of `like`, shaped to broadcast against it (t may be per-sample)."""
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        alpha_bar = self.alphas_cumprod.to(dtype)[torch.as_tensor(t, device=self.alphas_cumprod.device)]
+        alpha_bar = self.alphas(like)[torch.as_tensor(t, device=self.alphas_cumprod.device)]
         return broadcast_to_batch(alpha_bar, like)
 
     def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -82,7 +82,8 @@ def test_ddpo_runs_on_a_flow_model_with_the_sde_sampler(tiny_flow_model_dir, tmp
     assert run_cli("train", "configs/ddpo/shapes_flow_compressibility.yaml", f"model.path={tiny_flow_model_dir}",
                    f"output_dir={out}", "num_epochs=1", *TINY_TRAIN_OVERRIDES) == 0
     record = read_metrics(out / "metrics.jsonl")[-1]
-    assert record["samples_seen"] == 8 and record["approx_kl"] >= 0
+    # 8 chains x 2 trained steps in passes of 4: 4 optimizer steps, after which the ratios moved
+    assert record["samples_seen"] == 8 and record["optimizer_steps"] == 4 and record["approx_kl"] > 0
 
 
 def test_sampler_of_the_wrong_family_is_a_config_error(tiny_flow_model_dir, tmp_path, capsys):
@@ -97,7 +98,8 @@ def test_kl_penalty_and_ema_paths_run_with_lora_and_full_fine_tuning(tiny_model_
     assert run_cli("train", DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", "num_epochs=1",
                    f"lora.enabled={lora}", "ppo.kl_coef=0.1", "ema_decay=0.9", *TINY_TRAIN_OVERRIDES) == 0
     record = read_metrics(out / "metrics.jsonl")[-1]
-    assert "kl_to_reference" in record and record["kl_to_reference"] >= 0
+    # 0 exactly on the first pass (LoRA starts at the base, a full copy is the base), > 0 once updated
+    assert record["kl_to_reference"] > 0
 
 
 def test_bf16_mixed_precision_run(tiny_model_dir, tmp_path):
@@ -153,7 +155,7 @@ def test_nan_reward_stops_with_its_name_and_keeps_what_was_saved(tiny_model_dir,
 
     def flaky(images, prompts):
         calls["n"] += 1
-        value = float("nan") if calls["n"] > 3 else 0.0  # fine for the evaluation and epoch 1, then NaN
+        value = float("nan") if calls["n"] > 4 else 0.0  # fine for the evaluation (grid + scores) and epoch 1 (2 batches), then NaN
         return RewardOutput(scores=torch.full((images.shape[0],), value) + torch.rand(images.shape[0]))
 
     monkeypatch.setitem(REWARDS, "flaky", flaky)

@@ -1,12 +1,12 @@
 """Every trainer learns, in the right direction: from one fixed start, a run rewarded for bright
 images must end brighter than a run rewarded for dark ones (same seeds, same evaluation noise).
-A sign error makes the order wrong; an update that does nothing leaves the two runs equal."""
+A sign error makes the order wrong; an update that does nothing leaves the two runs exactly equal.
+(The action trainers' counterpart is tests/test_policy_rl.py's bandit test.)"""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 from accelerate.state import AcceleratorState
 from conftest import TINY_TRAIN_OVERRIDES, run_cli
 from PIL import Image
@@ -38,7 +38,7 @@ def test_image_trainer_moves_the_reward_the_way_it_is_rewarded(trainer, tiny_mod
     recipe, reward, extra = CASES[trainer]
     before, bright = _brightness_after(recipe, reward, extra, tiny_model_dir, tmp_path / "bright")
     _, dark = _brightness_after(recipe, reward.replace("brightness", "darkness"), extra, tiny_model_dir, tmp_path / "dark")
-    assert bright > before > dark, (bright, before, dark)
+    assert bright > dark, (bright, before, dark)
 
 
 def test_sft_pg_moves_samples_toward_the_real_data(tiny_model_dir, tmp_path):

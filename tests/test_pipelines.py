@@ -14,9 +14,9 @@ from genrl.run_dir import read_metrics
 
 SD_CONFIG = "configs/ddpo/sd15_compressibility.yaml"
 TINY = ["model.resolution=16", "model.gradient_checkpointing=false", "model.save_merged_model=true",
-        "mixed_precision=no", "sample_batch_size=2", "num_sample_batches=2", "train_batch_size=2",
-        "gradient_accumulation_steps=1", "sampler.num_steps=3", "eval_samples=2", "grid_prompts=2", "num_epochs=1",
-        "log_with=[]", "prompts.prompts=[cat,dog]"]
+        "mixed_precision=no", "rollout.batch_size=2", "rollout.num_batches=2", "train_batch_size=2",
+        "gradient_accumulation_steps=1", "sampler.num_steps=3", "rollout.eval_samples=2", "rollout.grid_prompts=2", "num_epochs=1",
+        "log_with=[]", "rollout.prompts.prompts=[cat,dog]"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_ddpo_fine_tunes_a_local_pipeline_and_its_lora_loads_in_diffusers(pipeli
 def test_lora_starts_at_the_base_model_and_moves_after_training(pipelines, tmp_path):
     out = tmp_path / "sd"
     assert run_cli("train", SD_CONFIG, f"model.path={pipelines['sd']}", f"output_dir={out}", *TINY,
-                   "optimizer.learning_rate=1e-2", "ddpo.clip_range=10") == 0
+                   "optimizer.learning_rate=1e-2", "ppo.clip_range=10") == 0
     base, finetuned = load_model(pipelines["sd"]), load_model(out / "model")
     delta = max((a - b).abs().max().item() for a, b in zip(base.network.parameters(), finetuned.network.parameters()))
     assert delta > 0

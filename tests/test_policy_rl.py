@@ -145,11 +145,12 @@ def test_each_policy_trainer_runs_through_the_cli(trainer, extra, tiny_policy_di
     assert run_cli("train", DPPO, f"trainer={trainer}", f"model.path={tiny_policy_dir}", f"output_dir={out}", *TINY_RL,
                    "num_epochs=2", *extra) == 0
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["iteration"] for r in records] == [1, 2]
-    assert records[1]["env_steps"] > records[0]["env_steps"] > 0
-    for key in ("success_rate", "return_mean", "episode_length_mean", "time_rollout"):
-        assert all(np.isfinite(r[key]) for r in records)
-    assert ("rebel_loss" if trainer == "rebel" else "approx_kl") in records[0]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert r["episodes"] == 4 and float(r["success_rate"] * 4).is_integer()  # a share of the 4 episodes
+        assert 0 < r["episode_length_mean"] <= 40 and r["env_steps"] == round(4 * r["episode_length_mean"])
+    assert ("rebel_loss" if trainer == "rebel" else "approx_kl") in records[-1]
+    assert records[-1]["optimizer_steps"] >= 1
     summary = json.loads((out / "summary.json").read_text())
     assert {"success_rate_before", "success_rate_after", "env_steps"} <= set(summary)
     before = DiffusionPolicy.from_pretrained(tiny_policy_dir).network
@@ -167,15 +168,15 @@ def test_policy_rl_resumes_from_its_checkpoint(tiny_policy_dir, tmp_path):
     AcceleratorState._reset_state(reset_partial_state=True)
     assert run_cli(*common, "num_epochs=2", "resume=true") == 0
     records = read_metrics(out / "metrics.jsonl")
-    assert [r["iteration"] for r in records] == [1, 2]
-    assert records[1]["env_steps"] > records[0]["env_steps"]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0]["env_steps"] > 0 and records[1]["env_steps"] > 0
     AcceleratorState._reset_state(reset_partial_state=True)
     assert run_cli(*common, "num_epochs=3") == 2  # without resume=true the run is refused
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer=rebel"], "set episodes_per_state=2"),
-    (["rollout.group_size=3"], "num_envs 4 must be a multiple of episodes_per_state (3)"),
+    (["trainer=rebel"], "set rollout.group_size=2"),
+    (["rollout.group_size=3"], "num_envs 4 must be a multiple of group_size (3)"),
     (["rollout.reward=score"], "needs env.score_key"),
     (["dppo.ft_denoising_steps=9"], "exceeds the sampler's 4 stochastic steps"),
     (["model.path=/no/such/policy"], "/no/such/policy"),

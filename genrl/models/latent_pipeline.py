@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
+from genrl.condition import map_condition
 from genrl.errors import CheckpointError
 from genrl.models.scheduled_model import ScheduledModel
 
@@ -113,8 +114,17 @@ class LatentPipelineModel(ScheduledModel):
         return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
     def null_condition(self, batch_size: int) -> dict:
-        """The empty prompt, as DDPO and the pipelines use for classifier-free guidance."""
-        return self.encode_prompts([""] * batch_size)
+        """The empty prompt, as DDPO and the pipelines use for classifier-free guidance.
+
+        Encoded once per batch size (and device / dtype of the text encoders, which are never
+        trained), not at every sampling batch; each call gets its own dict of the same tensors."""
+        encoders = tuple((p.device, p.dtype) for p in (next(e.parameters()) for e in self.text_encoders))
+        key = (batch_size, str(self.device), encoders)
+        cache = self.__dict__.setdefault("_null_conditions", {})
+        if key not in cache:
+            with torch.no_grad():
+                cache[key] = self.encode_prompts([""] * batch_size)
+        return map_condition(lambda tensor: tensor, cache[key])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1], `decode_chunk_size` at a time. A VAE whose config sets

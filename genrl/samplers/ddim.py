@@ -42,7 +42,7 @@ class DDIMSampler(GaussianChainSampler):
 
     def step_distribution(self, denoiser: Denoiser, model_output, x_t, t, t_prev):
         x0, eps = denoiser.predict_x0_eps(model_output, x_t, t)
-        alphas = denoiser.alphas_cumprod.to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)
+        alphas = denoiser.alphas(x_t)  # float64 for float64 states, else float32 (converted once)
         t = torch.as_tensor(t, device=alphas.device)
         a_t = alphas[t]
         a_prev = self._alpha_prev(alphas, torch.as_tensor(t_prev, device=alphas.device))

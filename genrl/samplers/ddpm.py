@@ -39,7 +39,7 @@ class DDPMSampler(GaussianChainSampler):
         return self.step_pairs[step_index][0] > 0  # diffusers adds no noise at t = 0
 
     def step_distribution(self, denoiser: Denoiser, model_output, x_t, t, t_prev):
-        alphas = denoiser.alphas_cumprod.to(torch.float64 if x_t.dtype == torch.float64 else torch.float32)
+        alphas = denoiser.alphas(x_t)  # float64 for float64 states, else float32 (converted once)
         x0, _ = denoiser.predict_x0_eps(model_output, x_t, t)
         t, t_prev = torch.as_tensor(t, device=alphas.device), torch.as_tensor(t_prev, device=alphas.device)
         x0_coeff, xt_coeff, std = self._posterior(alphas, t, t_prev)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from genrl.condition import condition_batch_sizes
+from genrl.condition import cat_conditions, condition_batch_sizes
 from genrl.errors import ConfigError
 from genrl.denoiser import Denoiser, broadcast_to_batch
 from genrl.log_prob import Reduction, gaussian_log_prob
@@ -47,6 +47,17 @@ class GaussianChainSampler:
     def num_steps(self) -> int:
         return len(self.step_pairs)
 
+    def grid(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """`step_pairs` as a (K, 2) tensor on `device`, built once per device (and again only if
+        `step_pairs` is changed), not at every step. Read-only: it is shared by every call."""
+        device = torch.device(device or "cpu")
+        pairs = tuple(tuple(pair) for pair in self.step_pairs)
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        entry = cache.get(device)
+        if entry is None or entry[0] != pairs:
+            entry = cache[device] = (pairs, torch.tensor(pairs, dtype=self.grid_dtype, device=device).reshape(-1, 2))
+        return entry[1]
+
     def step(
         self,
         denoiser: Denoiser,
@@ -55,19 +66,27 @@ class GaussianChainSampler:
         condition: dict,
         guidance_scale: float = 1.0,
         null_condition: dict | None = None,
+        paired_condition: dict | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of step `step_index` at state x_t under the denoiser's current weights.
 
         `step_index` is an int, or a (B,) tensor giving each sample its own step (DDPO trains
-        the steps of each sample in an independently shuffled order).
+        the steps of each sample in an independently shuffled order). `paired_condition` is
+        optional: `cat_conditions([null_condition, condition])` made once by a caller that runs
+        many steps with the same conditions (the sampling loop), instead of at every step.
         """
-        pairs = torch.tensor(self.step_pairs, dtype=self.grid_dtype, device=x_t.device)[step_index]
+        pairs = self.grid(x_t.device)[step_index]
         t, t_prev = pairs[..., 0], pairs[..., 1]
-        output = denoiser.model_output(x_t, self.network_timestep(denoiser, t), condition, guidance_scale, null_condition)
+        extra = {} if paired_condition is None else {"paired_condition": paired_condition}
+        output = denoiser.model_output(x_t, self.network_timestep(denoiser, t), condition, guidance_scale, null_condition, **extra)
         mean, std = self.step_distribution(denoiser, output, x_t, t, t_prev)
         if self.min_std > 0:
             std = torch.as_tensor(std).clamp(min=self.min_std)
         return mean, std
+
+    def _stochastic(self, step_index: int) -> bool:
+        """Whether step `step_index` has std > 0, from the grid alone (no look at a device tensor)."""
+        return self.min_std > 0 or self.is_stochastic(step_index)
 
     @torch.no_grad()
     def sample(
@@ -101,10 +120,15 @@ class GaussianChainSampler:
             if size != shape[0]:
                 raise ConfigError(f"condition {key!r} has batch size {size}, expected {shape[0]}")
         x = initial_noise if initial_noise is not None else torch.randn(shape, generator=generator, device=device)
-        states, log_probs, stds = [x], [], []
+        # Classifier-free guidance's paired condition is made once for the whole chain, and
+        # whether a step is stochastic comes from the grid: the loop never waits on the device.
+        guided = guidance_scale != 1.0 and null_condition is not None
+        paired = cat_conditions([null_condition, condition]) if guided else None
+        states, log_probs, stds, stochastic = [x], [], [], []
         for index in tqdm(range(first_step, last_step), desc="sampling", disable=not progress, leave=False):
-            mean, std = self.step(denoiser, x, index, condition, guidance_scale, null_condition)
-            if std > 0:
+            mean, std = self.step(denoiser, x, index, condition, guidance_scale, null_condition, paired_condition=paired)
+            stochastic.append(self._stochastic(index))
+            if stochastic[-1]:
                 noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
                 if self.noise_clip is not None:
                     noise = noise.clamp(-self.noise_clip, self.noise_clip)
@@ -114,14 +138,17 @@ class GaussianChainSampler:
                 x = mean
                 log_probs.append(torch.zeros(x.shape[0], device=x.device))
             states.append(x)
-            stds.append(float(std))
-        steps = torch.tensor(self.step_pairs, dtype=self.grid_dtype)[first_step:last_step]
+            stds.append(torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(()))
+        stds = torch.stack(stds).cpu() if stds else torch.zeros(0)  # the chain's one wait on the device
+        if stds.numel() and not torch.equal(stds > 0, torch.tensor(stochastic)):
+            raise RuntimeError(f"{type(self).__name__}.is_stochastic disagrees with its step stds {stds.tolist()}")
+        steps = self.grid()[first_step:last_step].clone()  # the Trajectory's own, not a view of the cache
         return Trajectory(
             states=torch.stack(states, dim=1),
             timesteps=steps[:, 0],
             prev_timesteps=steps[:, 1],
             log_probs=torch.stack(log_probs, dim=1) if log_probs else torch.zeros(shape[0], 0, device=x.device),
-            stds=torch.tensor(stds, dtype=torch.float32),
+            stds=stds,
             condition=condition,
             null_condition=null_condition,
             guidance_scale=guidance_scale,

@@ -19,6 +19,7 @@ from genrl.errors import ConfigError
 from genrl.evaluation.episodes import check_policy_fits_env, evaluate_policy, policy_actor
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.policies.diffusion import DiffusionPolicy
+from genrl.run_dir import read_metrics
 from genrl.samplers import build_sampler
 from genrl.trainers.batch import EnvDecisions, RolloutBatch
 from genrl.trajectory import Trajectory
@@ -39,14 +40,6 @@ class EnvRollout:
         self.model = DiffusionPolicy.from_pretrained(config.model.path)
         if isinstance(self.model.network, StepRoutedNetwork):
             raise ConfigError(f"model.path {config.model.path} was already partially fine-tuned by DPPO; start from its base policy")
-
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.model.network
-
-    @property
-    def denoiser(self):
-        return self.model.denoiser
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return []
@@ -104,11 +97,6 @@ class EnvRollout:
         )
         return batch, {"time_rollout": time.perf_counter() - started}
 
-    def all_group_keys(self, batch: RolloutBatch) -> list:
-        from accelerate.utils import gather_object
-
-        return gather_object(batch.group_keys)
-
     def evaluate(self, output_dir, tag: str) -> dict:
         """Seeded evaluation episodes with the evaluation sampler (main process)."""
         eval_config = self.rollout.eval
@@ -117,7 +105,8 @@ class EnvRollout:
 
     def finish(self, output_dir, before: dict, after: dict) -> dict:
         self.vector_env.close()
-        return {"policy": str(output_dir / "model")}
+        env_steps = sum(record.get("env_steps", 0) for record in read_metrics(output_dir / "metrics.jsonl"))
+        return {"env_steps": env_steps, "policy": str(output_dir / "model")}
 
     def save(self, output_dir, network: torch.nn.Module, lora: bool) -> None:
         if lora:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -128,7 +127,7 @@ def train(config: TrainConfig) -> dict:
     # Frozen weights (VAE, text encoders, and the base network under LoRA) may live in the
     # mixed-precision dtype; trained weights stay float32, as in diffusers' training scripts.
     model.requires_grad_(False)
-    network = rollout.network
+    network = model.network
     frozen_dtype = MIXED_PRECISION_DTYPES[config.mixed_precision]
     if frozen_dtype != torch.float32:
         for module in rollout.frozen_modules():

@@ -14,7 +14,6 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
 
 from genrl.errors import ConfigError, RewardError
 from genrl.figures import save_before_after_grid
@@ -39,18 +38,9 @@ class PromptRollout:
         check_diversity_options(self.rollout.diversity_metric, self.rollout.diversity_lpips_weights)
         self.model = load_model(config.model.path, config.model.resolution, config.model.decode_chunk_size)
 
-    # ---------------------------------------------------------------- the trainer-facing model
-    @property
-    def network(self) -> torch.nn.Module:
-        return self.model.network
-
-    @property
-    def denoiser(self):
-        return self.model.denoiser
-
     def frozen_modules(self) -> list[torch.nn.Module]:
         """Modules that are never trained (VAE, text encoders): they may live in the mixed-precision dtype."""
-        return [module for name, module in self.model.named_children() if module is not self.network and name != "denoiser"]
+        return [module for name, module in self.model.named_children() if module is not self.model.network and name != "denoiser"]
 
     def start(self, accelerator, sampler) -> None:
         self.accelerator, self.sampler, self.device = accelerator, sampler, accelerator.device
@@ -111,9 +101,6 @@ class PromptRollout:
             group_size=rollout.group_size,
         )
         return batch, dict(timings)
-
-    def all_group_keys(self, batch: RolloutBatch) -> list:
-        return gather_object(batch.group_keys)
 
     # ---------------------------------------------------------------- evaluation and saving
     def evaluate(self, output_dir, tag: str) -> dict:

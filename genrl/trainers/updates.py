@@ -64,7 +64,8 @@ def ppo_update(run, algorithm, trajectory, chain_steps: list[torch.Tensor], pad_
     diagnostics = defaultdict(list)
     for _ in range(config.ppo.update_epochs):
         order = torch.randperm(len(rows_all), generator=run.generator)
-        passes = [(rows_all[items], steps_all[items]) for items in order.split(config.train_batch_size)]
+        # (split() of an empty tensor gives one empty chunk: a process that trains nothing has no pass)
+        passes = [(rows_all[items], steps_all[items]) for items in order.split(config.train_batch_size) if len(items)]
         passes, real = pad_to_common_count(accelerator, passes, padding)
         for group in _groups(list(enumerate(passes)), config.gradient_accumulation_steps):
             for position, (number, (rows, step_index)) in enumerate(group):
