@@ -155,6 +155,7 @@ VARIANTS = {  # name -> extra genrl overrides (the race's budget otherwise); "dd
 def run_variant(extra: list[str], pipeline: Path, epochs: int, work: Path) -> dict:
     """One variant in a fresh process (or two, for DDP), with race_trl's child environment."""
     env = {**race_trl.child_env(), "PYTHONPATH": str(ROOT)}
+    work.mkdir(parents=True)
     if extra and extra[0] == "ddp":
         command, _ = race_trl.genrl_command(ROOT, pipeline, work / "run", epochs)
         at = command.index("train")
@@ -163,7 +164,7 @@ def run_variant(extra: list[str], pipeline: Path, epochs: int, work: Path) -> di
         env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
         subprocess.run([str(ROOT / ".venv/bin/accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "genrl", "train", command[at + 1], *overrides],
-                       cwd=ROOT, env=env, check=True, capture_output=True)
+                       cwd=ROOT, env=env, check=True, stdout=(work / "log.txt").open("w"), stderr=subprocess.STDOUT)
         records = [json.loads(line) for line in (work / "run/metrics.jsonl").read_text().splitlines() if line.strip()]
         times = [r["time_sampling"] + r["time_reward"] + r["time_training"] for r in records[1:]]
         return {"epoch_s": statistics.median(times),
@@ -172,7 +173,7 @@ def run_variant(extra: list[str], pipeline: Path, epochs: int, work: Path) -> di
                 "reward_mean": [r["reward_mean"] for r in records]}
     out = work / "result.json"
     subprocess.run([sys.executable, __file__, "--pipeline", str(pipeline), "--epochs", str(epochs), "--out", str(out), *extra],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
+                   cwd=ROOT, env=env, check=True, stdout=(work / "log.txt").open("w"), stderr=subprocess.STDOUT)
     return json.loads(out.read_text())
 
 
@@ -191,7 +192,7 @@ def suite(repeats: int, epochs: int, tag: str) -> None:
     summary = {name: {k: statistics.median(r[k] for r in rs) for k in fields if k in rs[0]} for name, rs in runs.items()}
     base_name = next(iter(VARIANTS))
     base = summary[base_name]
-    results = {"command": "python benchmarks/profile_ddpo_epoch.py --suite " + " ".join(sys.argv[1:]), "started": started,
+    results = {"command": "python benchmarks/profile_ddpo_epoch.py " + " ".join(sys.argv[1:]), "started": started,
                "epochs": epochs, "repeats": repeats, "variants": VARIANTS, "median": summary, "runs": runs}
     name = "race_trl_profile" + (f"_{tag}" if tag else "")
     (ROOT / "benchmarks/results" / f"{name}.json").write_text(json.dumps(results, indent=1))

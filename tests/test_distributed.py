@@ -64,5 +64,5 @@ def test_policy_rl_splits_environments_across_two_processes(tiny_policy_dir, tmp
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-12000:]
         records = read_metrics(out / "metrics.jsonl")
-        assert [r["iteration"] for r in records] == [1, 2]
+        assert [r["epoch"] for r in records] == [1, 2]
         assert all(r["episodes"] == 2 * 4 for r in records)  # 4 envs on each of the 2 ranks

@@ -21,7 +21,7 @@ CASES = {
     "rebel": ("configs/rebel/shapes_compressibility.yaml", "brightness", ["rebel.pairs_per_update=2", "optimizer.learning_rate=3e-2"]),
     "b2diffurl": ("configs/b2diffurl/shapes_sparse_alignment.yaml", "brightness",
                   ["rollout.batch_size=8", "rollout.group_size=4", "b2diffurl.split_step_start=3", "b2diffurl.split_step_end=4",
-                   "b2diffurl.positive_threshold=0.0", "b2diffurl.negative_threshold=0.0"]),
+                   "b2diffurl.positive_threshold=0.0", "b2diffurl.negative_threshold=0.0", "optimizer.learning_rate=3e-2"]),
 }
 
 
