@@ -260,7 +260,7 @@ def phase_medians(records: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in records[1:]) for k in ("time_sampling", "time_reward", "time_training")}
 
 
-def _panel(draw, box, series, title, ylabel) -> None:
+def _panel(draw, box, series, title, ylabel, fmt: str = "{:.2f}") -> None:
     """One line chart in `box` (x0, y0, x1, y1) of a PIL image: series = [(colour, [(x, y), ...]), ...]."""
     x0, y0, x1, y1 = box
     points = [p for _, line in series for p in line]
@@ -276,7 +276,7 @@ def _panel(draw, box, series, title, ylabel) -> None:
                           bottom - (y - ymin) / (ymax - ymin) * (bottom - y0 - 20))
     for k in range(5):
         value = ymin + k * (ymax - ymin) / 4
-        draw.text((x0 + 2, to_px(xmin, value)[1] - 5), f"{value:.2f}", fill="black")
+        draw.text((x0 + 2, to_px(xmin, value)[1] - 5), fmt.format(value), fill="black")
     for x in sorted(set(xs)):
         draw.text((to_px(x, ymin)[0] - 3, bottom + 5), str(x), fill="black")
     draw.text(((left + x1) // 2 - 15, bottom + 16), "epoch", fill="black")
@@ -294,10 +294,11 @@ def plot(results: dict, path: Path) -> None:
     image = Image.new("RGB", (1100, 420), "white")
     draw = ImageDraw.Draw(image)
     colours = {"trl": (230, 120, 20), "genrl": (30, 100, 200)}
-    for key, box, title, ylabel in (("seconds", (0, 0, 550, 400), "seconds per epoch (orange trl, blue genrl)", "s"),
-                                    ("reward_mean", (550, 0, 1100, 400), "mean reward, -JPEG kB (orange trl, blue genrl)", "")):
+    for key, box, title, fmt in (("seconds", (0, 0, 550, 400), "seconds per epoch, every run (orange trl, blue genrl)", "{:.1f}"),
+                                 ("reward_mean", (550, 0, 1100, 400),
+                                  "mean reward = -JPEG kB (orange trl, blue genrl; runs of a side coincide)", "{:.4f}")):
         series = [(colours[name], [(r["epoch"], r[key]) for r in pair[name]]) for pair in results["pairs"] for name in colours]
-        _panel(draw, box, series, title, ylabel)
+        _panel(draw, box, series, title, "", fmt)
     image.save(path)
 
 

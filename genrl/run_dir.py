@@ -96,6 +96,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, state: dict, keep:
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()  # every rank's files (RNG states) are written before the rename
     if accelerator.is_main_process:
         (staging / "trainer_state.json").write_text(json.dumps(state))
         if final.exists():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from genrl.condition import cat_conditions, condition_batch_sizes
+from genrl.condition import cat_conditions, condition_batch_sizes, map_condition
 from genrl.errors import ConfigError
 from genrl.denoiser import Denoiser, broadcast_to_batch
 from genrl.log_prob import Reduction, gaussian_log_prob
@@ -157,23 +157,45 @@ class GaussianChainSampler:
         )
 
     def log_prob(
-        self, denoiser: Denoiser, trajectory: Trajectory, step_index: int, reduce: Reduction | None = None
+        self,
+        denoiser: Denoiser,
+        trajectory: Trajectory,
+        step_index: int | torch.Tensor,
+        reduce: Reduction | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Re-score stored step `step_index` (int or per-sample (B,) tensor) under current weights.
 
         Differentiable. Returns (log_prob, mean, std) with the same CFG scale and conditions as
-        at sampling time; std is a scalar or (B,), broadcast like the mean.
+        at sampling time; std is a scalar or (B,), broadcast like the mean. `rows` (optional): the
+        chains to score, one per item (repeats allowed), instead of all of them; it gives exactly
+        what `log_prob(denoiser, trajectory.select(rows), step_index)` gives, without copying
+        whole chains to use two of their states.
         """
-        rows = torch.arange(trajectory.batch_size)
-        x_t = trajectory.states[rows, step_index]
-        x_prev = trajectory.states[rows, torch.as_tensor(step_index) + 1]
-        mean, std = self.step(
-            denoiser, x_t, step_index, trajectory.condition, trajectory.guidance_scale, trajectory.null_condition
-        )
-        if (std <= 0).any():
+        condition, null_condition = trajectory.condition, trajectory.null_condition
+        if rows is None:
+            rows = torch.arange(trajectory.batch_size)
+        else:
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            pick = lambda value: value[rows.to(value.device)]  # noqa: E731
+            condition, null_condition = map_condition(pick, condition), map_condition(pick, null_condition)
+        index = rows.to(trajectory.states.device)
+        step = torch.as_tensor(step_index)
+        x_t = trajectory.states[index, step.to(trajectory.states.device) if step.ndim else step_index]
+        x_prev = trajectory.states[index, (step + 1).to(trajectory.states.device) if step.ndim else step_index + 1]
+        mean, std = self.step(denoiser, x_t, step_index, condition, trajectory.guidance_scale, null_condition)
+        if not self._all_stochastic(step_index, std):
             raise ValueError(f"step {step_index} is deterministic (std 0) and has no log-probability")
         std_b = broadcast_to_batch(std, mean)
         return gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce), mean, std_b
+
+    def _all_stochastic(self, step_index: int | torch.Tensor, std: torch.Tensor) -> bool:
+        """Whether every step in `step_index` has std > 0: from the grid when the indices are on the
+        host (no wait on the device); otherwise from `std` itself."""
+        if isinstance(step_index, torch.Tensor) and step_index.device.type != "cpu":
+            return not bool((torch.as_tensor(std) <= 0).any())
+        indices = step_index.unique().tolist() if isinstance(step_index, torch.Tensor) else [int(step_index)]
+        return all(self._stochastic(i) for i in indices)
 
     def stochastic_steps(self) -> list[int]:
         """Indices of the steps that carry a log-prob (std > 0): the ones a trainer may train."""
