@@ -37,7 +37,10 @@ class SamplerConfig(Section):
     guidance_scale: float = 1.0  # classifier-free guidance; 1.0 = off
     final_alpha_one: bool = False  # False keeps the last DDIM step stochastic (as SD/DDPO do)
     steps_offset: int = 1  # DDIM grid ends at t=1 (SD's scheduler setting)
-    min_std: float = Field(0.0, ge=0)  # DPPO: floor on every step's std, in sampling and re-scoring alike
+    min_std: float = Field(0.0, ge=0)  # DPPO: floor on every step's std when sampling
+    # DPPO: floor on the std a step's log-prob is scored with (sampling unchanged); keeps the
+    # near-deterministic last steps from dominating the gradient with noise. 0 = off.
+    min_logprob_std: float = Field(0.0, ge=0)
     noise_clip: float | None = Field(None, gt=0)  # DPPO: clamp the standard-normal sampling noise to +-noise_clip
 
 
@@ -162,7 +165,12 @@ class EnvRollout(Section):
     group_size: int = Field(1, ge=1)
     # The reward trained on: "env" the env's own; "success" 1 when the task is first solved; "score" the
     # step's increase of info[score_key] (an episode sums to its final score: PushT's final coverage).
+    # "score" counts from the score at reset (PushT: coverage no action caused is not paid).
     reward: Literal["env", "success", "score"] = "env"
+    success_bonus: float = 0.0  # added to the reward of the decision that first solves the task
+    # Log-probs score only the executed actions of a chunk ([n_obs_steps - 1, + n_action_steps)), as
+    # DPPO's reference does; the other predicted actions never reach the env and carry no reward signal.
+    score_executed_only: bool = True
     eval: EpisodeEvalConfig = EpisodeEvalConfig()  # before/after
     eval_every: int = Field(0, ge=0)  # epochs between evaluations during training (0: before and after only)
 
@@ -233,7 +241,7 @@ class B2DiffuRLConfig(Section):
     split_step_start: int = Field(14, ge=1)  # steps trained at the first stage (the chain's last ones)
     split_step_end: int = Field(20, ge=1)  # steps trained at the last stage
     positive_threshold: float = 0.5  # keep a branch's best child if its z-score is at least this
-    negative_threshold: float = -0.5  # keep a branch's worst child if its z-score is below this
+    negative_threshold: float = -0.5  # keep a branch's worst child if its z-score is at most this
 
 
 class SFTPGConfig(Section):

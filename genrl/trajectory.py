@@ -22,6 +22,8 @@ class Trajectory:
     null_condition:  the unconditional counterpart when classifier-free guidance was used, else None
     guidance_scale:  the CFG scale used (must be reused when re-scoring)
     prompts:         the raw conditions (prompt strings, observation ids, ...), for rewards and logging
+    score_mask:      None, or a 0/1 tensor broadcastable to one sample: the elements a log-prob scores
+                     (action policies: the executed slice of the chunk); used alike when sampling and re-scoring
     """
 
     states: torch.Tensor
@@ -34,6 +36,7 @@ class Trajectory:
     guidance_scale: float = 1.0
     log_prob_reduce: str = "mean"
     prompts: list = field(default_factory=list)
+    score_mask: torch.Tensor | None = None
 
     @property
     def sample(self) -> torch.Tensor:
@@ -54,7 +57,8 @@ class Trajectory:
         stored = self.log_probs[rows, step_index]
         if reduce == self.log_prob_reduce:
             return stored
-        elements = self.states[0, 0].numel()
+        elements = self.states[0, 0].numel() if self.score_mask is None else int(
+            self.score_mask.expand_as(self.states[0, 0]).sum())
         if (self.log_prob_reduce, reduce) == ("mean", "sum"):
             return stored * elements
         if (self.log_prob_reduce, reduce) == ("sum", "mean"):
@@ -76,6 +80,7 @@ class Trajectory:
             guidance_scale=self.guidance_scale,
             log_prob_reduce=self.log_prob_reduce,
             prompts=prompts,
+            score_mask=self.score_mask,
         )
 
     @staticmethod
@@ -92,6 +97,7 @@ class Trajectory:
             guidance_scale=first.guidance_scale,
             log_prob_reduce=first.log_prob_reduce,
             prompts=[p for part in parts for p in part.prompts],
+            score_mask=first.score_mask,
         )
 
     def repeat_each(self, times: int) -> "Trajectory":
@@ -114,4 +120,5 @@ class Trajectory:
             guidance_scale=continuation.guidance_scale,
             log_prob_reduce=continuation.log_prob_reduce,
             prompts=continuation.prompts,
+            score_mask=continuation.score_mask,
         )

@@ -76,9 +76,12 @@ def test_episodes_are_seeded_and_record_every_decision():
         env.close()
 
 
-def test_score_reward_sums_to_the_final_score():
+def test_score_reward_counts_from_the_score_at_reset():
     config = env_config(PUSHT)
     vector_env = make_vector_env(config, 2)
+    _, info = vector_env.reset(seed=[5, 6])
+    at_reset = np.asarray(info["coverage"])
+    assert at_reset[0] == 0.0 and at_reset[1] > 0.2  # seed 6 starts with the block partly on the goal
     rng = np.random.default_rng(0)
 
     def act(obs_history, env_index):
@@ -88,14 +91,29 @@ def test_score_reward_sums_to_the_final_score():
     per_env = np.zeros(2)
     for decision in episodes.decisions:
         np.add.at(per_env, decision.env_index, decision.reward)
-    np.testing.assert_allclose(per_env, episodes.score_final, atol=1e-9)
+    # no action caused the coverage at reset: an episode is worth what it added to it
+    np.testing.assert_allclose(per_env, episodes.score_final - at_reset, atol=1e-9)
     # The score after each decision is the running sum of the rewards; score_max is the largest
     # score at any step, so at least the largest of those.
-    running, best = np.zeros(2), np.full(2, -np.inf)
+    running, best = at_reset.copy(), np.full(2, -np.inf)
     for decision in episodes.decisions:
         np.add.at(running, decision.env_index, decision.reward)
         best[decision.env_index] = np.maximum(best[decision.env_index], running[decision.env_index])
     assert np.all(episodes.score_max >= best - 1e-9)
+
+
+def test_success_bonus_is_paid_once_at_the_solving_decision():
+    vector_env = make_vector_env(env_config(UMAZE, "env.id=toy_envs:Bandit-v0", "env.success_key=success", "env.obs_keys=[]", "env.kwargs={}", "env.max_episode_steps=null"), 4)
+
+    def act(obs_history, env_index):  # envs 0 and 2 solve the bandit, 1 and 3 do not
+        chunk = np.zeros((len(env_index), 1, 2), np.float32)
+        chunk[:, 0, 0] = np.where(np.asarray(env_index) % 2 == 0, 0.9, -0.9)
+        return chunk
+
+    episodes = run_episodes(vector_env, act, [0, 1, 2, 3], 1, 1, "success", reward="env", success_bonus=10.0)
+    rewards = np.concatenate([d.reward for d in episodes.decisions])
+    np.testing.assert_allclose(rewards, [11.0, 0.0, 11.0, 0.0])
+    np.testing.assert_allclose(episodes.returns, [1.0, 0.0, 1.0, 0.0])  # returns stay the env's own
 
 
 # ------------------------------------------------------------------ experts

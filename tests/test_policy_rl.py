@@ -11,6 +11,7 @@ from accelerate.state import AcceleratorState
 from conftest import run_cli
 
 from genrl.config import SamplerConfig
+from genrl.log_prob import gaussian_log_prob
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from genrl.run_dir import read_metrics
@@ -80,6 +81,32 @@ def test_dppo_sampler_and_routed_network_give_ratio_one(tiny_policy_dir):
     assert torch.allclose(mixed[0], base(x, t, global_cond=cond).sample[0], atol=1e-6)
     assert torch.allclose(mixed[1], policy.network(x, t, global_cond=cond).sample[1], atol=1e-6)
     assert not torch.allclose(mixed[1], base(x, t, global_cond=cond).sample[1], atol=1e-3)
+
+
+def test_scoring_floor_changes_scores_not_samples_and_keeps_ratio_one(tiny_policy_dir):
+    """`min_logprob_std` scores each step with std >= the floor; samples are drawn as before; the
+    executed-slice mask scores only the chunk's executed actions. On-policy ratios stay exactly 1."""
+    policy = DiffusionPolicy.from_pretrained(tiny_policy_dir).eval()
+    condition = policy.condition(torch.randn(4, 2, 6))
+    shape = (4, *policy.sample_shape)
+    plain = build_sampler(SamplerConfig(kind="ddim", num_steps=5, eta=1.0), policy)
+    floored = build_sampler(SamplerConfig(kind="ddim", num_steps=5, eta=1.0, min_logprob_std=0.1), policy)
+    mask = policy.executed_mask()
+    assert mask.sum() == policy.n_action_steps and mask[policy.n_obs_steps - 1] == 1 and mask[0] == 0
+    a = plain.sample(policy.denoiser, condition, shape, generator=torch.Generator().manual_seed(0))
+    b = floored.sample(policy.denoiser, condition, shape, generator=torch.Generator().manual_seed(0), score_mask=mask)
+    assert torch.equal(a.states, b.states)  # the floor and the mask change no sample
+    small = [k for k in range(5) if 0 < a.stds[k] < 0.1]
+    assert small, "the chain should end with steps of std below the floor"
+    for step in range(5):
+        log_prob, mean, std = floored.log_prob(policy.denoiser, b, step)
+        assert torch.equal(log_prob, b.log_probs[:, step])  # exactly the stored log-prob: ratio 1
+        assert torch.all(std >= 0.1)
+        executed = slice(policy.n_obs_steps - 1, policy.n_obs_steps - 1 + policy.n_action_steps)
+        expected = gaussian_log_prob(b.states[:, step + 1, executed], mean[:, executed], std)
+        assert torch.allclose(log_prob, expected, atol=1e-5)
+    k = small[-1]
+    assert not torch.allclose(a.log_probs[:, k], b.log_probs[:, k])
 
 
 def test_routed_policy_saves_both_networks(tiny_policy_dir, tmp_path):

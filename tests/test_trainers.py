@@ -77,7 +77,25 @@ def test_pixel_maps_pool_to_latent_resolution_and_standardise_like_ddpo():
     assert pooled[0, 0, 0, 0] == pixel_map[0, :4, :4].mean()
     constant = torch.full((2, 1, 3, 3), 2.0)
     advantages = pixel_advantages(constant, torch.tensor([1.0, 3.0]), torch.tensor([0.5, 2.0]), clip=5.0)
-    assert torch.allclose(advantages[:, 0, 0, 0], torch.tensor([2.0, -0.5]))
+    assert torch.allclose(advantages, torch.tensor([2.0, -0.5]).view(2, 1, 1, 1).expand(2, 1, 3, 3))
+
+
+def test_pixel_advantages_keep_ddpo_mean_and_do_not_saturate():
+    # Pixels vary far more within a sample (std ~1) than sample rewards do across samples
+    # (sigma 0.01): standardising the map by sigma would pin nearly every pixel at +-clip.
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(8, 1, 16, 16, generator=generator)
+    rewards = torch.linspace(0.0, 0.02, 8)
+    maps = noise - noise.mean(dim=(1, 2, 3), keepdim=True) + rewards.view(8, 1, 1, 1)
+    means, stds = torch.full((8,), 0.01), rewards.std().expand(8)
+    advantages = pixel_advantages(maps, means, stds, clip=5.0)
+    assert (advantages.abs() >= 5.0).float().mean() < 0.01
+    ddpo = ((maps.mean(dim=(1, 2, 3)) - means) / stds).clamp(-5, 5)
+    unclipped = advantages.abs() < 5.0
+    pattern = advantages - ddpo.view(8, 1, 1, 1)
+    # the pattern has unit RMS over the batch and mean zero within each sample (before clipping)
+    assert abs(float(pattern[unclipped].pow(2).mean().sqrt()) - 1.0) < 0.1
+    assert torch.allclose(pixel_advantages(maps, means, stds, clip=1e9).mean(dim=(1, 2, 3)), ((maps.mean(dim=(1, 2, 3)) - means) / stds).clamp(-1e9, 1e9), atol=1e-4)
 
 
 # ------------------------------------------------------------------ B^2-DiffuRL
@@ -117,6 +135,10 @@ def test_children_are_selected_by_z_score_thresholds():
     z = np.array([0.9, 0.0, -0.2, -0.6,  0.4, 0.1, -0.1, -0.3])  # two branches of 4
     assert select_children(z, 4, 0.5, -0.5) == [0, 3]  # second branch: nothing stands out
     assert best_worst_pairs(np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0]), 3) == [(0, 1)]  # no pair from a flat branch
+    # one success among five children, z-scored within the branch (float32): z = 2 and -0.5, both kept
+    rewards = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    z32 = ((rewards - rewards.mean()) / (rewards.std(unbiased=False) + 1e-6)).numpy()
+    assert select_children(z32, 5, 0.5, -0.5) == [1, 0]
 
 
 # ------------------------------------------------------------------ REBEL

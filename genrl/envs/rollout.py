@@ -45,6 +45,8 @@ class Episodes:
     def summary(self, score_name: str | None = None) -> dict[str, float]:
         summary = {
             "success_rate": float(self.successes.mean()),
+            # binomial standard error of the success rate: how far apart two evaluations must be to differ
+            "success_rate_stderr": float(np.sqrt(self.successes.mean() * (1 - self.successes.mean()) / len(self.seeds))),
             "return_mean": float(self.returns.mean()),
             "return_std": float(self.returns.std()),
             "episode_length_mean": float(self.lengths.mean()),
@@ -73,12 +75,15 @@ def run_episodes(
     record_envs: tuple[int, ...] = (),
     progress: bool = False,
     reward: str = "env",
+    success_bonus: float = 0.0,
 ) -> Episodes:
     """One episode in each of the first len(seeds) envs (env i reset with seeds[i]); extra envs idle.
 
     `reward` is what the decisions record (episode returns always report the env's reward):
     "env" the env's reward; "success" 1 at the step the task is first solved (summing to the
-    episode's success); "score" the step's increase of info[score_key] (summing to the final score).
+    episode's success); "score" the step's increase of info[score_key], counted from its value at
+    reset when the env reports one there (summing to the final score minus the reset's).
+    `success_bonus` is added to the decision during which the task is first solved.
     """
     if reward not in ("env", "success", "score") or (reward == "score" and score_key is None):
         raise ConfigError(f"reward {reward!r} needs one of env / success / score (score needs env.score_key)")
@@ -95,7 +100,7 @@ def run_episodes(
     returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
     successes = np.zeros(num_envs, dtype=bool)
     score_final, score_max = np.zeros(num_envs), np.full(num_envs, -np.inf)
-    previous_score = np.zeros(num_envs)
+    previous_score = np.array([float(_info_value(info, score_key, i, 0.0)) if score_key else 0.0 for i in range(num_envs)])
     frames = {i: [vector_env.envs[i].render()] for i in record_envs if i < count}
     decisions = []
     bar = tqdm(desc="episodes", total=count, disable=not progress, leave=False)
@@ -121,8 +126,11 @@ def run_episodes(
                 lengths[i] += 1
                 history[i] = np.concatenate([history[i, 1:], observation[i : i + 1]])
                 solved = bool(_info_value(info, success_key, i, False))
+                first_solve = solved and not successes[i]
                 if reward == "success":
-                    gained[k] += float(solved and not successes[i])
+                    gained[k] += float(first_solve)
+                if first_solve:
+                    gained[k] += success_bonus
                 successes[i] |= solved
                 if score_key is not None:
                     score = float(_info_value(info, score_key, i, 0.0))

@@ -28,14 +28,16 @@ def check_policy_fits_env(policy: DiffusionPolicy, vector_env, env_id: str) -> N
         )
 
 
-def policy_actor(policy: DiffusionPolicy, sampler, generator: torch.Generator, on_chain=None):
+def policy_actor(policy: DiffusionPolicy, sampler, generator: torch.Generator, on_chain=None, score_mask=None):
     """The `act` function of run_episodes: a chain per env, executed actions out.
-    `on_chain(trajectory, env_index)` sees every sampled chain (the RL trainers store them)."""
+    `on_chain(trajectory, env_index)` sees every sampled chain (the RL trainers store them);
+    `score_mask` is what the chains' log-probs score (None: the whole chunk)."""
 
     @torch.no_grad()
     def act(obs_history: np.ndarray, env_index: np.ndarray) -> np.ndarray:
         condition = policy.condition(torch.from_numpy(obs_history))
-        trajectory = sampler.sample(policy.denoiser, condition, (len(env_index), *policy.sample_shape), generator=generator)
+        trajectory = sampler.sample(policy.denoiser, condition, (len(env_index), *policy.sample_shape), generator=generator,
+                                    score_mask=score_mask)
         if on_chain is not None:
             on_chain(trajectory, env_index)
         return policy.executed_actions(trajectory.sample).cpu().numpy()

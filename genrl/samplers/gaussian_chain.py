@@ -21,9 +21,13 @@ from genrl.trajectory import Trajectory
 class GaussianChainSampler:
     """Base class: subclasses define `step_pairs` and `step_distribution`.
 
-    DPPO's stabilisers are attributes (off by default): `min_std` floors every step's std, in
-    sampling and re-scoring alike (so on-policy ratios stay exactly 1, and the tiny-std final
-    steps become trainable); `noise_clip` clamps the standard-normal sampling noise.
+    DPPO's stabilisers are attributes (off by default): `min_std` floors every step's std when
+    sampling (the tiny-std final steps become stochastic, hence trainable); `min_logprob_std`
+    floors the std a log-prob is *scored* with, without changing how samples are drawn: a step
+    of std 0.02 scored as N(mean, 0.02^2) has a log-prob gradient ~1/std^2 that is nearly pure
+    noise and swamps the other steps (DPPO's reference has both floors, 0.1 each by default).
+    Stored and re-scored log-probs use the same scoring std, so on-policy ratios stay exactly 1.
+    `noise_clip` clamps the standard-normal sampling noise.
     """
 
     #: pairs (t, t_prev) in sampling order: integer timesteps (t_prev = -1 for the last step)
@@ -31,6 +35,7 @@ class GaussianChainSampler:
     step_pairs: list[tuple]
     grid_dtype = torch.long
     min_std: float = 0.0
+    min_logprob_std: float = 0.0
     noise_clip: float | None = None
 
     def network_timestep(self, denoiser, t: torch.Tensor) -> torch.Tensor:
@@ -103,12 +108,14 @@ class GaussianChainSampler:
         progress: bool = False,
         first_step: int = 0,
         last_step: int | None = None,
+        score_mask: torch.Tensor | None = None,
     ) -> Trajectory:
         """Run the chain from x_K ~ N(0, I) (or `initial_noise`) for a batch of `shape[0]` samples.
 
         `first_step`/`last_step` run only steps [first_step, last_step) of the grid, starting from
         `initial_noise` as the state entering `first_step`: branch-based sampling (B^2-DiffuRL)
-        runs a shared prefix once and continues each branch from its end.
+        runs a shared prefix once and continues each branch from its end. `score_mask`: the
+        elements the log-probs score (see Trajectory), None for all.
         """
         last_step = self.num_steps if last_step is None else last_step
         if not 0 <= first_step <= last_step <= self.num_steps:
@@ -133,7 +140,7 @@ class GaussianChainSampler:
                 if self.noise_clip is not None:
                     noise = noise.clamp(-self.noise_clip, self.noise_clip)
                 x = mean + std * noise
-                log_probs.append(gaussian_log_prob(x, mean, std, log_prob_reduce))
+                log_probs.append(gaussian_log_prob(x, mean, self.scoring_std(std), log_prob_reduce, score_mask))
             else:  # deterministic step: no policy to score
                 x = mean
                 log_probs.append(torch.zeros(x.shape[0], device=x.device))
@@ -154,6 +161,7 @@ class GaussianChainSampler:
             guidance_scale=guidance_scale,
             log_prob_reduce=log_prob_reduce,
             prompts=list(prompts or []),
+            score_mask=score_mask,
         )
 
     def log_prob(
@@ -166,8 +174,8 @@ class GaussianChainSampler:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Re-score stored step `step_index` (int or per-sample (B,) tensor) under current weights.
 
-        Differentiable. Returns (log_prob, mean, std) with the same CFG scale and conditions as
-        at sampling time; std is a scalar or (B,), broadcast like the mean. `rows` (optional): the
+        Differentiable. Returns (log_prob, mean, std) with the same CFG scale, conditions and
+        score mask as at sampling time; std is the scoring std (see `min_logprob_std`), broadcast like the mean. `rows` (optional): the
         chains to score, one per item (repeats allowed), instead of all of them; it gives exactly
         what `log_prob(denoiser, trajectory.select(rows), step_index)` gives, without copying
         whole chains to use two of their states.
@@ -186,8 +194,15 @@ class GaussianChainSampler:
         mean, std = self.step(denoiser, x_t, step_index, condition, trajectory.guidance_scale, null_condition)
         if not self._all_stochastic(step_index, std):
             raise ValueError(f"step {step_index} is deterministic (std 0) and has no log-probability")
-        std_b = broadcast_to_batch(std, mean)
-        return gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce), mean, std_b
+        std_b = broadcast_to_batch(self.scoring_std(std), mean)
+        log_prob = gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce, trajectory.score_mask)
+        return log_prob, mean, std_b
+
+    def scoring_std(self, std: torch.Tensor | float) -> torch.Tensor | float:
+        """The std a step's log-prob is scored with: its sampling std, floored at `min_logprob_std`."""
+        if self.min_logprob_std > 0:
+            return torch.as_tensor(std).clamp(min=self.min_logprob_std)
+        return std
 
     def _all_stochastic(self, step_index: int | torch.Tensor, std: torch.Tensor) -> bool:
         """Whether every step in `step_index` has std > 0: from the grid when the indices are on the

@@ -9,7 +9,7 @@ Rewards"): backward progressive training and branch-based sampling, around DDPO 
   branches into `branch_factor` children that each finish the chain with their own noise. The
   children differ only in the trained window, so their reward differences credit that window.
 - Selection (DDPO loss): rewards are z-scored with per-prompt running statistics; from each
-  branch the best child is kept if its z >= positive_threshold, the worst if z < negative_threshold,
+  branch the best child is kept if its z >= positive_threshold, the worst if z <= negative_threshold,
   and only those are trained. With the REBEL loss, each branch's best and worst children form
   the pair (when their rewards differ).
 """
@@ -55,15 +55,20 @@ def sample_branched(
     return children.followed_by(continuation)
 
 
+# z-scores of binary rewards land exactly on the thresholds (one success in five children: the
+# failures' z is -0.5 in exact arithmetic, -0.49999 in float32); a threshold includes its own value.
+_THRESHOLD_TOLERANCE = 1e-4
+
+
 def select_children(z_scores: np.ndarray, branch_factor: int, positive_threshold: float, negative_threshold: float) -> list[int]:
-    """Indices of the kept children: per branch, the best if z >= positive, the worst if z < negative."""
+    """Indices of the kept children: per branch, the best if z >= positive, the worst if z <= negative."""
     kept = []
     for branch in range(len(z_scores) // branch_factor):
         scores = z_scores[branch * branch_factor : (branch + 1) * branch_factor]
         best, worst = int(np.argmax(scores)), int(np.argmin(scores))
-        if scores[best] >= positive_threshold:
+        if scores[best] >= positive_threshold - _THRESHOLD_TOLERANCE:
             kept.append(branch * branch_factor + best)
-        if scores[worst] < negative_threshold and worst != best:
+        if scores[worst] <= negative_threshold + _THRESHOLD_TOLERANCE and worst != best:
             kept.append(branch * branch_factor + worst)
     return kept
 
@@ -118,7 +123,8 @@ class B2DiffuRL:
             clip = self.config.ppo.adv_clip_max
             self.inner.chain_advantages = z_scores.clamp(-clip, clip)
             trained = torch.tensor(steps)
-            chain_steps = [trained if n in set(chosen) else trained[:0] for n in range(batch.trajectory.batch_size)]
+            chosen_set = set(chosen)
+            chain_steps = [trained if n in chosen_set else trained[:0] for n in range(batch.trajectory.batch_size)]
             diagnostics = ppo_update(self.run, self.inner, batch.trajectory, chain_steps, pad_step=steps[0])
             kept = len(chosen)
         diagnostics["b2_kept_fraction"] = [torch.tensor(kept / batch.num_units)]

@@ -56,11 +56,14 @@ class EnvRollout:
         started = time.perf_counter()
         chains = []
         generator = torch.Generator(self.device).manual_seed(hash((self.config.seed, rank, epoch)) % 2**62)
-        act = policy_actor(self.model, self.sampler, generator, on_chain=lambda trajectory, index: chains.append(trajectory))
+        mask = self.model.executed_mask().to(self.device) if rollout.score_executed_only else None
+        act = policy_actor(self.model, self.sampler, generator, on_chain=lambda trajectory, index: chains.append(trajectory),
+                           score_mask=mask)
         seeds = episode_seeds(self.config.seed, rollout.num_envs, rollout.group_size, epoch, rank, world)
         with accelerator.autocast():
             episodes = run_episodes(self.vector_env, act, seeds, self.model.n_obs_steps, self.model.n_action_steps,
-                                    rollout.env.success_key, rollout.env.score_key, reward=rollout.reward)
+                                    rollout.env.success_key, rollout.env.score_key, reward=rollout.reward,
+                                    success_bonus=rollout.success_bonus)
         decisions = episodes.decisions
         unit_of_chain = np.concatenate([d.env_index for d in decisions])
         chain_reward = np.concatenate([d.reward for d in decisions])
@@ -98,10 +101,17 @@ class EnvRollout:
         return batch, {"time_rollout": time.perf_counter() - started}
 
     def evaluate(self, output_dir, tag: str) -> dict:
-        """Seeded evaluation episodes with the evaluation sampler (main process)."""
+        """Seeded evaluation episodes (main process) with the evaluation sampler; when that differs
+        from the training sampler, the same episodes under the training sampler too (`train_sampler_*`):
+        a noisy training chain and a deterministic evaluation chain can rank policies differently."""
         eval_config = self.rollout.eval
-        sampler = self.sampler if eval_config.sampler is None else build_sampler(eval_config.sampler, self.model)
-        return evaluate_policy(self.model, self.rollout.env, eval_config, sampler, output_dir, tag=tag, progress=False)
+        if eval_config.sampler is None:
+            return evaluate_policy(self.model, self.rollout.env, eval_config, self.sampler, output_dir, tag=tag, progress=False)
+        figures = evaluate_policy(self.model, self.rollout.env, eval_config, build_sampler(eval_config.sampler, self.model),
+                                  output_dir, tag=tag, progress=False)
+        training = evaluate_policy(self.model, self.rollout.env, eval_config.model_copy(update={"num_videos": 0}),
+                                   self.sampler, None, tag=tag, progress=False)
+        return {**figures, **{f"train_sampler_{key}": value for key, value in training.items()}}
 
     def finish(self, output_dir, before: dict, after: dict) -> dict:
         self.vector_env.close()

@@ -39,12 +39,28 @@ def pixel_map_to_state(pixel_map: torch.Tensor, state_shape: tuple[int, ...]) ->
     return F.adaptive_avg_pool2d(pixel_map, (height, width))
 
 
-def pixel_advantages(pixel_map: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, clip: float) -> torch.Tensor:
-    """Standardise each sample's map with its prompt's reward statistics (the scalar reward is
-    the map's mean), then clip like DDPO's advantages. A constant map gives DDPO's advantage."""
+def pixel_advantages(pixel_map: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, clip: float,
+                     deviation_scale: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Per-element advantages: the sample's DDPO advantage plus its map's standardised pattern.
+
+        A_e = clip((mean(m) - mu) / sigma) + (m_e - mean(m)) / s,   then clipped to +-clip
+
+    mu, sigma: the prompt's reward statistics (the scalar reward is the map's mean); s: the RMS of
+    the maps' within-sample deviations over the batch (`deviation_scale`; computed from
+    `pixel_map` when None). A constant map is exactly DDPO's advantage. Dividing the whole map
+    by sigma instead would saturate at +-clip wherever pixels vary more than samples do, and its
+    mean would no longer be DDPO's advantage.
+    """
     shape = (-1,) + (1,) * (pixel_map.ndim - 1)
-    advantages = (pixel_map - means.view(shape)) / stds.view(shape)
-    return advantages.clamp(-clip, clip)
+    dims = tuple(range(1, pixel_map.ndim))
+    sample_mean = pixel_map.mean(dim=dims)
+    sample_advantage = ((sample_mean - means) / stds).clamp(-clip, clip)
+    deviation = pixel_map - sample_mean.view(shape)
+    if deviation_scale is None:
+        deviation_scale = deviation.pow(2).mean().sqrt()
+    deviation_scale = torch.as_tensor(deviation_scale, dtype=deviation.dtype, device=deviation.device)
+    pattern = torch.where(deviation_scale > 0, deviation / deviation_scale.clamp(min=1e-12), torch.zeros_like(deviation))
+    return (sample_advantage.view(shape) + pattern).clamp(-clip, clip)
 
 
 def pxpo_loss(
@@ -72,8 +88,8 @@ def pxpo_loss(
 
 
 class PXPO(DDPO):
-    """DDPO with per-element advantages: each sample's reward map (pooled to the denoised state's
-    resolution) standardised by its prompt's reward statistics, weighting the per-element log-probs."""
+    """DDPO with per-element advantages: each sample's DDPO advantage plus its reward map's
+    standardised pattern (pooled to the denoised state's resolution), weighting the per-element log-probs."""
 
     log_prob_reduce = "none"
 
@@ -85,7 +101,12 @@ class PXPO(DDPO):
         local = lambda values: torch.as_tensor(values[start : start + batch.num_units], dtype=torch.float32,  # noqa: E731
                                                device=batch.rewards.device)
         maps = pixel_map_to_state(batch.pixel_maps, tuple(batch.trajectory.sample.shape[1:]))
-        self.chain_advantages = pixel_advantages(maps, local(means), local(stds), self.config.ppo.adv_clip_max)
+        # the pattern's scale over every process's maps, so all ranks weight pixels alike
+        dims = tuple(range(1, maps.ndim))
+        squares = ((maps - maps.mean(dim=dims, keepdim=True)) ** 2).mean(dim=dims)
+        deviation_scale = self.run.accelerator.gather(squares).mean().sqrt()
+        self.chain_advantages = pixel_advantages(maps, local(means), local(stds), self.config.ppo.adv_clip_max,
+                                                 deviation_scale)
         steps = self.steps_to_train(epoch)
         chain_steps = sample_chain_steps(batch.trajectory.batch_size, steps, self.config.ppo.timestep_fraction, self.run.generator)
         return ppo_update(self.run, self, batch.trajectory, chain_steps, pad_step=steps[0])

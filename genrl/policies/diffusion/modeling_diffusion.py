@@ -75,6 +75,12 @@ class DiffusionPolicy(ScheduledModel):
         start = self.n_obs_steps - 1
         return self.normalizer.action.unnormalize(chunk[:, start : start + self.n_action_steps].float())
 
+    def executed_mask(self) -> torch.Tensor:
+        """(horizon, 1) 0/1 mask of the chunk's executed actions, for scoring only what the env ran."""
+        mask = torch.zeros(self.horizon, 1)
+        mask[self.n_obs_steps - 1 : self.n_obs_steps - 1 + self.n_action_steps] = 1.0
+        return mask
+
     # ---------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
