@@ -34,11 +34,22 @@ RUNS = {
     "medium_dppo": ("configs/policy_rl/pointmaze_medium_dppo.yaml", [], None),
     "medium_ddpo": ("configs/policy_rl/pointmaze_medium_ddpo.yaml", [], None),
     "medium_rebel": ("configs/policy_rl/pointmaze_medium_rebel.yaml", [], None),
+    # the recipe of issue 12: scoring floor, executed-slice log-probs, coverage gain from reset + success
+    # bonus, 64 episodes per iteration in minibatches of 2500 items, lr 1e-5; the last 5 steps of
+    # DDIM-10 trained, evaluated with DDPM-100 and with the training chain
     "pusht_dppo": ("configs/policy_rl/pusht_dppo.yaml", [], "coverage"),
-    # every denoising step trained, for 80 iterations (the recipe: the last 5 steps, 30 iterations)
-    "pusht_dppo_all_steps": ("configs/policy_rl/pusht_dppo.yaml", ["dppo.ft_denoising_steps=null", "num_epochs=80"],
-                             "coverage"),
+    # the same, training the last 10 steps of a 20-step DDPM chain and evaluating on that chain
+    "pusht_dppo_ddpm20": ("configs/policy_rl/pusht_dppo.yaml",
+                          ["sampler={kind: ddpm, num_steps: 20, min_std: 0.0, min_logprob_std: 0.1, noise_clip: 3.0}",
+                           "dppo.ft_denoising_steps=10", "rollout.eval.sampler=null"], "coverage"),
+    # a weak behaviour-cloning start with headroom (40 of 300 demonstrations), same settings
+    "medium_weak_dppo": ("configs/policy_rl/pointmaze_medium_weak_dppo.yaml", [], None),
 }
+# Rows measured with earlier recipes (results kept; the code they ran is in git history): the recipe
+# before issue 12 (no scoring floor, whole-chunk log-probs, coverage counted from 0, 32 episodes per
+# iteration in minibatches of 512, lr 1e-5, evaluated with the training sampler), and the same with
+# every denoising step trained for 80 iterations.
+HISTORY = {"pusht_dppo_before_issue12": "coverage", "pusht_dppo_all_steps": "coverage"}
 
 
 def run(name: str, seed: int, extra: list[str]) -> dict:
@@ -77,11 +88,17 @@ def _mean_spread(values: list[float], digits: int = 3) -> str:
 def build_table() -> str:
     lines = ["# RL fine-tuning of the shipped Diffusion Policies (CPU)", "",
              "Made by `benchmarks/policy_rl.py`; mean ± std over seeds. Before/after: the run's own evaluation "
-             "(fixed seeds, the training sampler). CPU minutes = user + system time of the training process.", "",
-             "| run | seeds | success before | success after | gain (points) | episode length before | after | "
-             "coverage before | coverage after | env steps | CPU min | wall min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, (_, _, score) in RUNS.items():
+             "(fixed seeds). CPU minutes = user + system time of the training process.", "",
+             "Success is under the evaluation sampler (`rollout.eval.sampler`, the training sampler when unset) "
+             "with its binomial standard error; `train-sampler success` is the same episodes under the training "
+             "sampler when the two differ. `opt steps`, `approx_kl`, `clipfrac`: per run, summed / averaged over "
+             "its iterations (they show that updates happened).", "",
+             "| run | seeds | success before (± s.e.) | success after | gain (points) | train-sampler success before | after | "
+             "episode length before | after | coverage before | coverage after | opt steps | approx_kl | clipfrac | "
+             "env steps | CPU min | wall min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(name, score) for name, (_, _, score) in RUNS.items()] + list(HISTORY.items())
+    for name, score in rows:
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_seed*.json"))]
         if not results:
             continue
@@ -89,16 +106,66 @@ def build_table() -> str:
         gain = [100 * (x["success_rate_after"] - x["success_rate_before"]) for x in s]
         coverage = ("-", "-") if score is None else (_mean_spread([x[f"{score}_mean_before"] for x in s]),
                                                      _mean_spread([x[f"{score}_mean_after"] for x in s]))
-        lines.append(f"| {name} | {len(s)} | {_mean_spread([x['success_rate_before'] for x in s])} | "
+        stderr = [x.get("success_rate_stderr_before") for x in s]
+        stderr = "" if None in stderr else f" (± {statistics.mean(stderr):.3f})"
+        train_sampler = [(x.get("train_sampler_success_rate_before"), x.get("train_sampler_success_rate_after")) for x in s]
+        train_sampler = ("-", "-") if None in train_sampler[0] else (_mean_spread([b for b, _ in train_sampler]),
+                                                                    _mean_spread([a for _, a in train_sampler]))
+        metrics = [r["metrics"] for r in results]
+        logged = all("optimizer_steps" in m for run in metrics for m in run)
+        steps = _mean_spread([sum(m["optimizer_steps"] for m in run) for run in metrics], 0) if logged else "-"
+        kl = [statistics.mean([m["approx_kl"] for m in run if "approx_kl" in m] or [float("nan")]) for run in metrics]
+        clipfrac = [statistics.mean([m["clipfrac"] for m in run if "clipfrac" in m] or [float("nan")]) for run in metrics]
+        lines.append(f"| {name} | {len(s)} | {_mean_spread([x['success_rate_before'] for x in s])}{stderr} | "
                      f"{_mean_spread([x['success_rate_after'] for x in s])} | {_mean_spread(gain, 1)} | "
+                     f"{train_sampler[0]} | {train_sampler[1]} | "
                      f"{_mean_spread([x['episode_length_mean_before'] for x in s], 1)} | "
                      f"{_mean_spread([x['episode_length_mean_after'] for x in s], 1)} | {coverage[0]} | "
-                     f"{coverage[1]} | {_mean_spread([x['env_steps'] for x in s], 0)} | "
+                     f"{coverage[1]} | {steps} | {statistics.mean(kl):.1e} | {statistics.mean(clipfrac):.3f} | "
+                     f"{_mean_spread([x['env_steps'] for x in s], 0)} | "
                      f"{_mean_spread([r['cpu_minutes'] for r in results], 1)} | {_mean_spread([r['wall_minutes'] for r in results], 1)} |")
-    lines += ["", "## Commands", ""]
-    for path in sorted(RESULTS.glob("*_seed0.json")):
-        lines.append(f"- `genrl {json.loads(path.read_text())['command']}`")
+    lines += ["", "Curves: `policy_rl.png` (training success against env steps).", "",
+              "## Commands (`seed=S` for S in the seeds; each run's own command line is in its result file; "
+              "the history rows ran earlier code)", ""]
+    for name, (recipe, overrides, _) in RUNS.items():
+        if list(RESULTS.glob(f"{name}_seed*.json")):
+            command = " ".join(["genrl train", recipe, "seed=S", *[f"'{o}'" if " " in o else o for o in overrides]])
+            lines.append(f"- {name}: `{command}`")
+    for name in HISTORY:
+        for path in sorted(RESULTS.glob(f"{name}_seed0.json")):
+            lines.append(f"- {name}: `genrl {json.loads(path.read_text())['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def plot() -> Path | None:
+    """Training success rate against env steps: mean over seeds with its min-max band, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for name in RUNS:
+        results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_seed*.json"))]
+        if not results:
+            continue
+        length = min(len(r["metrics"]) for r in results)
+        steps = np.cumsum([m["env_steps"] for m in results[0]["metrics"][:length]])
+        curves = np.array([[m["success_rate"] for m in r["metrics"][:length]] for r in results])
+        axis.plot(steps, curves.mean(0), label=f"{name} (n={len(results)})")
+        axis.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
+        drawn = True
+    if not drawn:
+        return None
+    axis.set_xlabel("env steps")
+    axis.set_ylabel("training success rate (training sampler)")
+    axis.legend()
+    figure.tight_layout()
+    path = ROOT / "benchmarks" / "results" / "policy_rl.png"
+    figure.savefig(path, dpi=120)
+    return path
 
 
 def main() -> None:
@@ -113,6 +180,7 @@ def main() -> None:
             run(args.run, seed, args.overrides)
     table = build_table()
     (ROOT / "benchmarks" / "results" / "policy_rl.md").write_text(table)
+    plot()
     print(table)
 
 

@@ -308,6 +308,7 @@ class DemonstrationData(Section):
 
     kind: Literal["demonstrations"] = "demonstrations"
     path: str = "data/pointmaze_umaze.zarr"
+    max_episodes: int | None = Field(None, ge=1)  # train on the first N episodes only (None: all)
 
 
 class NetworkConfig(Section):

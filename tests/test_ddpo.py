@@ -1,5 +1,6 @@
 """DDPO: the loss arithmetic, and real (tiny) training runs through the CLI entry point."""
 
+import json
 
 import pytest
 import torch
@@ -65,6 +66,14 @@ def test_ddpo_run_writes_the_promised_outputs_and_resumes(tiny_model_dir, tmp_pa
                 "time_sampling", "time_reward", "time_training"]:
         assert key in records[-1], key
     assert records[-1]["samples_seen"] == 16
+    # The evaluations pair sample by sample: per-sample scores are saved, and each mean has its standard error.
+    summary = json.loads((out / "summary.json").read_text())
+    before_scores = torch.load(out / "samples" / "before_scores.pt")
+    after_scores = torch.load(out / "samples" / "after_scores.pt")
+    reward = before_scores["jpeg_compressibility"]
+    assert reward.shape == after_scores["jpeg_compressibility"].shape and len(reward) > 1
+    assert summary["jpeg_compressibility_before"] == pytest.approx(float(reward.mean()), abs=1e-6)
+    assert summary["jpeg_compressibility_stderr_before"] == pytest.approx(float(reward.std() / len(reward) ** 0.5), abs=1e-6)
 
     # Without resume=true an existing run is refused (exit 2) and left as it was.
     before = (out / "metrics.jsonl").read_text()
@@ -155,7 +164,7 @@ def test_nan_reward_stops_with_its_name_and_keeps_what_was_saved(tiny_model_dir,
 
     def flaky(images, prompts):
         calls["n"] += 1
-        value = float("nan") if calls["n"] > 4 else 0.0  # fine for the evaluation (grid + scores) and epoch 1 (2 batches), then NaN
+        value = float("nan") if calls["n"] > 3 else 0.0  # fine for the evaluation (one call) and epoch 1 (2 batches), then NaN
         return RewardOutput(scores=torch.full((images.shape[0],), value) + torch.rand(images.shape[0]))
 
     monkeypatch.setitem(REWARDS, "flaky", flaky)

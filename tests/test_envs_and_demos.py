@@ -164,6 +164,12 @@ def test_collect_writes_the_diffusion_policy_zarr_layout(umaze_demos):
     for (start, _), seed in zip(demos.episode_bounds(), demos.episode_seed):
         first, _ = env.reset(seed=int(seed))
         np.testing.assert_allclose(demos.obs[start], first, rtol=1e-6)
+    # A weaker behaviour-cloning start trains on the first episodes only.
+    first_two = demos.first_episodes(2)
+    assert first_two.num_episodes == 2 and len(first_two.action) == demos.episode_ends[1]
+    np.testing.assert_array_equal(first_two.obs, demos.obs[: demos.episode_ends[1]])
+    with pytest.raises(ConfigError, match="max_episodes 5"):
+        demos.first_episodes(5)
 
 
 def test_collect_refuses_to_overwrite_and_datasets_must_hold_episodes(umaze_demos, tmp_path, capsys):

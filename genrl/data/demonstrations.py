@@ -43,6 +43,17 @@ class Demonstrations:
     def num_episodes(self) -> int:
         return len(self.episode_ends)
 
+    def first_episodes(self, count: int) -> Demonstrations:
+        """The dataset cut to its first `count` episodes (a weaker behaviour-cloning start for RL)."""
+        if not 1 <= count <= self.num_episodes:
+            raise ConfigError(f"data.max_episodes {count} is outside [1, {self.num_episodes}] (the dataset's episodes)")
+        end = int(self.episode_ends[count - 1])
+        return Demonstrations(
+            obs=self.obs[:end], action=self.action[:end], reward=self.reward[:end], episode_ends=self.episode_ends[:count],
+            episode_success=self.episode_success[:count], episode_seed=self.episode_seed[:count],
+            episode_score=None if self.episode_score is None else self.episode_score[:count], attrs=dict(self.attrs),
+        )
+
     def episode_bounds(self) -> list[tuple[int, int]]:
         starts = np.concatenate([[0], self.episode_ends[:-1]])
         return list(zip(starts.tolist(), self.episode_ends.tolist()))

@@ -58,15 +58,21 @@ def sample_images(model, prompts: list[str], sampler_config: SamplerConfig, seed
     return torch.cat(images)
 
 
-def score_images(images: torch.Tensor, prompts: list[str], reward_names: list[str], reward_config=None) -> dict[str, float]:
-    """Mean of each reward and of each reward's logged extras, e.g. `shapes_alignment/prompt_match`;
-    with `reward_config`, the configured (possibly weighted) reward first, under its label."""
+def score_images(images: torch.Tensor, prompts: list[str], reward_names: list[str], reward_config=None,
+                 per_sample: dict | None = None) -> dict[str, float]:
+    """Mean of each reward and of each reward's logged extras, e.g. `shapes_alignment/prompt_match`,
+    with the standard error of each mean (`<name>_stderr`: std / sqrt(n)); with `reward_config`,
+    the configured (possibly weighted) reward first, under its label. A dict passed as `per_sample`
+    receives each name's per-image scores (for paired before/after comparisons)."""
     outputs = [(name, compute_reward(name, images, prompts)) for name in reward_names]
     if reward_config is not None:
         outputs.insert(0, (reward_config.label, compute_configured_reward(reward_config, images, prompts)))
     summary = {}
     for name, output in outputs:
-        summary[name] = output.scores.mean().item()
-        for key, values in output.info.items():
-            summary[f"{name}/{key}"] = values.float().mean().item()
+        for key, values in [(name, output.scores), *[(f"{name}/{k}", v) for k, v in output.info.items()]]:
+            values = values.detach().float().cpu()
+            summary[key] = values.mean().item()
+            summary[f"{key}_stderr"] = (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
+            if per_sample is not None:
+                per_sample[key] = values
     return summary

@@ -57,7 +57,10 @@ class DemonstrationWindows:
 
 def load_data(config: PretrainConfig) -> Demonstrations | None:
     """The dataset on disk, if the source has one (read before anything is written, so a bad path fails first)."""
-    return load_demonstrations(config.data.path) if isinstance(config.data, DemonstrationData) else None
+    if not isinstance(config.data, DemonstrationData):
+        return None
+    demos = load_demonstrations(config.data.path)
+    return demos if config.data.max_episodes is None else demos.first_episodes(config.data.max_episodes)
 
 
 def make_batches(config: PretrainConfig, model, demos: Demonstrations | None, device) -> ShapesBatches | DemonstrationWindows:

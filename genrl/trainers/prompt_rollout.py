@@ -110,11 +110,14 @@ class PromptRollout:
             images = sample_images(self.model, self.eval_prompts, self.config.sampler, seed=self.config.seed + 7,
                                    batch_size=rollout.batch_size)
         one_per_prompt = images[:: rollout.eval_group_size][: rollout.grid_prompts]
-        grid_prompts = self.eval_prompts[:: rollout.eval_group_size][: rollout.grid_prompts]
         save_grid(one_per_prompt, output_dir / "samples" / f"{tag}.png", nrow=rollout.grid_prompts)
-        grid_scores = compute_configured_reward(rollout.reward, one_per_prompt, grid_prompts).scores if self.uses_reward else None
+        per_sample = {}
+        scores = score_images(images, self.eval_prompts, rollout.metric_rewards, rollout.reward if self.uses_reward else None,
+                              per_sample=per_sample)
+        # Every evaluation uses the same prompts and noise, so these pair sample by sample across tags.
+        torch.save(per_sample, output_dir / "samples" / f"{tag}_scores.pt")
+        grid_scores = per_sample[rollout.reward.label][:: rollout.eval_group_size][: rollout.grid_prompts] if self.uses_reward else None
         torch.save({"images": one_per_prompt, "scores": grid_scores}, output_dir / "samples" / f"{tag}_images.pt")
-        scores = score_images(images, self.eval_prompts, rollout.metric_rewards, rollout.reward if self.uses_reward else None)
         scores["diversity"] = prompt_diversity(images, self.eval_prompts, rollout.diversity_metric,
                                                lpips_weights=rollout.diversity_lpips_weights)
         return scores
