@@ -53,6 +53,9 @@ RUNS = {
     # REBEL with LoRA rank 4 at lr 5e-4: compare with ddpo_jpeg_lora_lr5e-4 (same adapters, lr, queries, steps)
     "rebel_jpeg": ("configs/rebel/shapes_compressibility_fast.yaml", [], "jpeg_compressibility/jpeg_kb",
                    "shapes_alignment/prompt_match"),
+    # tried: the regression target scaled down 100x (eta_inverse 100: DDPO-sized log-ratio gaps)
+    "rebel_jpeg_eta100": ("configs/rebel/shapes_compressibility_fast.yaml", ["rebel.eta_inverse=100"],
+                          "jpeg_compressibility/jpeg_kb", "shapes_alignment/prompt_match"),
     # tried: REBEL with DDPO's recipe settings (the whole UNet at lr 1e-4)
     "rebel_jpeg_full": ("configs/rebel/shapes_compressibility_fast.yaml",
                         ["lora.enabled=false", "optimizer.learning_rate=1e-4"], "jpeg_compressibility/jpeg_kb",
