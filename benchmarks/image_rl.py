@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from curves import plot_mean_and_band
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "image_rl"
 RUNS_DIR = ROOT / "runs" / "benchmarks" / "image_rl"
@@ -158,35 +160,17 @@ def build_table() -> str:
 
 
 def plot() -> Path | None:
-    """Training reward against reward queries: mean over seeds with its min-max band, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    drawn = False
+    """Training JPEG size against reward queries: mean over seeds with its min-max band, one line per run."""
+    series = {}
     for name, (_, _, score, _) in RUNS.items():
         results = _load(name)
-        if not results:
-            continue
-        length = min(len(r["metrics"]) for r in results)
-        queries = [m["samples_seen"] for m in results[0]["metrics"][:length]]
-        curves = np.array([[m[score] for m in r["metrics"][:length]] for r in results])
-        axis.plot(queries, curves.mean(0), label=f"{name} (n={len(results)})")
-        axis.fill_between(queries, curves.min(0), curves.max(0), alpha=0.2)
-        drawn = True
-    if not drawn:
-        return None
-    axis.axhline(JPEG_FLOOR_KB, color="grey", linestyle="--", label="content-preserving floor")
-    axis.set_xlabel("reward queries")
-    axis.set_ylabel("training JPEG size (kB)")
-    axis.legend()
-    figure.tight_layout()
-    path = ROOT / "benchmarks" / "results" / "image_rl.png"
-    figure.savefig(path, dpi=120)
-    return path
+        if results:
+            length = min(len(r["metrics"]) for r in results)
+            series[name] = ([m["samples_seen"] for m in results[0]["metrics"][:length]],
+                            [[m[score] for m in r["metrics"][:length]] for r in results])
+    return plot_mean_and_band(series, "reward queries", "training JPEG size (kB)",
+                              ROOT / "benchmarks" / "results" / "image_rl.png",
+                              reference=(JPEG_FLOOR_KB, "content-preserving floor"))
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from curves import plot_mean_and_band
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "policy_rl"
 RUNS_DIR = ROOT / "runs" / "benchmarks" / "policy_rl"
@@ -139,33 +141,17 @@ def build_table() -> str:
 
 def plot() -> Path | None:
     """Training success rate against env steps: mean over seeds with its min-max band, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    drawn = False
+    series = {}
     for name in RUNS:
         results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_seed*.json"))]
-        if not results:
-            continue
-        length = min(len(r["metrics"]) for r in results)
-        steps = np.cumsum([m["env_steps"] for m in results[0]["metrics"][:length]])
-        curves = np.array([[m["success_rate"] for m in r["metrics"][:length]] for r in results])
-        axis.plot(steps, curves.mean(0), label=f"{name} (n={len(results)})")
-        axis.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
-        drawn = True
-    if not drawn:
-        return None
-    axis.set_xlabel("env steps")
-    axis.set_ylabel("training success rate (training sampler)")
-    axis.legend()
-    figure.tight_layout()
-    path = ROOT / "benchmarks" / "results" / "policy_rl.png"
-    figure.savefig(path, dpi=120)
-    return path
+        if results:
+            length = min(len(r["metrics"]) for r in results)
+            series[name] = (np.cumsum([m["env_steps"] for m in results[0]["metrics"][:length]]),
+                            [[m["success_rate"] for m in r["metrics"][:length]] for r in results])
+    return plot_mean_and_band(series, "env steps", "training success rate (training sampler)",
+                              ROOT / "benchmarks" / "results" / "policy_rl.png")
 
 
 def main() -> None:
