@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from curves import plot_mean_and_band
+from runner import train_and_measure
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "image_rl"
@@ -71,22 +70,8 @@ def run(name: str, seed: int, extra: list[str]) -> dict:
         return json.loads(path.read_text())
     recipe, overrides, _, _ = RUNS[name]
     output_dir = RUNS_DIR / f"{name}_seed{seed}_{time.strftime('%Y%m%d-%H%M%S')}"
-    command = [str(ROOT / ".venv" / "bin" / "genrl"), "train", recipe, f"output_dir={output_dir}", f"seed={seed}",
-               "log_with=[]", *overrides, *extra]
-    print("$", " ".join(command[1:]), flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {
-        "name": name, "seed": seed, "command": " ".join(command[1:]).replace(str(ROOT) + "/", ""),
-        "wall_minutes": wall / 60,
-        "cpu_minutes": ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / 60,
-        "summary": json.loads((output_dir / "summary.json").read_text()),
-        "metrics": [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()],
-        "paired": paired_gains(output_dir),
-    }
+    result = {"name": name, "seed": seed, **train_and_measure(recipe, output_dir, seed, overrides + extra),
+              "paired": paired_gains(output_dir)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
