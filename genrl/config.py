@@ -42,6 +42,14 @@ class SamplerConfig(Section):
     # near-deterministic last steps from dominating the gradient with noise. 0 = off.
     min_logprob_std: float = Field(0.0, ge=0)
     noise_clip: float | None = Field(None, gt=0)  # DPPO: clamp the standard-normal sampling noise to +-noise_clip
+    # DPPO: clamp each element's log-density to [low, high] before reducing (the reference uses [-5, 2]); None = off
+    logprob_clamp: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _clamp_is_a_range(self):
+        if self.logprob_clamp is not None and not self.logprob_clamp[0] < self.logprob_clamp[1]:
+            raise ValueError(f"logprob_clamp must be (low, high) with low < high, got {list(self.logprob_clamp)}")
+        return self
 
 
 class OptimizerConfig(Section):
@@ -142,6 +150,7 @@ class PromptRollout(Section):
     # children of one prefix (its branch factor), the diversity metric's groups.
     group_size: int = Field(1, ge=1)
     eval_samples: int = Field(64, ge=1)  # fixed samples scored before and after training
+    eval_every: int = Field(0, ge=0)  # epochs between evaluations of the same fixed samples during training (0: before and after only)
     eval_group_size: int = Field(4, ge=1)  # repeats per evaluation prompt, for the diversity metric
     diversity_metric: Literal["pixel", "lpips"] = "pixel"  # distance among samples of one prompt
     diversity_lpips_weights: str | None = None  # lpips: the AlexNet backbone's weights (a torchvision state dict file)

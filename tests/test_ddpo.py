@@ -55,7 +55,7 @@ def test_per_prompt_stat_tracker():
 def test_ddpo_run_writes_the_promised_outputs_and_resumes(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     common = [DDPO, f"model.path={tiny_model_dir}", f"output_dir={out}", *TINY_TRAIN_OVERRIDES, "log_with=[tensorboard]"]
-    assert run_cli("train", *common, "num_epochs=2") == 0
+    assert run_cli("train", *common, "num_epochs=2", "rollout.eval_every=1") == 0
     for path in ["config.yaml", "metrics.jsonl", "checkpoints/checkpoint-2/trainer_state.json", "samples/before_after.png",
                  "model/model_index.json", "lora/pytorch_lora_weights.safetensors", "summary.json"]:
         assert (out / path).exists(), path
@@ -66,6 +66,9 @@ def test_ddpo_run_writes_the_promised_outputs_and_resumes(tiny_model_dir, tmp_pa
                 "time_sampling", "time_reward", "time_training"]:
         assert key in records[-1], key
     assert records[-1]["samples_seen"] == 16
+    # rollout.eval_every: the fixed evaluation samples are also scored between epochs (not after the last: "after" is)
+    assert "eval_jpeg_compressibility" in records[0] and "eval_jpeg_compressibility" not in records[1]
+    assert (out / "samples" / "epoch1_scores.pt").exists()
     # The evaluations pair sample by sample: per-sample scores are saved, and each mean has its standard error.
     summary = json.loads((out / "summary.json").read_text())
     before_scores = torch.load(out / "samples" / "before_scores.pt")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from pydantic import ValidationError
 from conftest import run_cli
 
 from genrl.config import SamplerConfig
@@ -107,6 +108,28 @@ def test_scoring_floor_changes_scores_not_samples_and_keeps_ratio_one(tiny_polic
         assert torch.allclose(log_prob, expected, atol=1e-5)
     k = small[-1]
     assert not torch.allclose(a.log_probs[:, k], b.log_probs[:, k])
+
+
+def test_logprob_clamp_bounds_each_element_and_keeps_ratio_one(tiny_policy_dir):
+    """`logprob_clamp` (DPPO's per-element clamp): stored and re-scored log-probs are the reduction of
+    clamped element log-densities, on-policy ratios stay exactly 1, and a clamped element has no gradient."""
+    policy = DiffusionPolicy.from_pretrained(tiny_policy_dir).eval()
+    condition = policy.condition(torch.randn(4, 2, 6))
+    clamped = build_sampler(SamplerConfig(kind="ddim", num_steps=5, eta=1.0, logprob_clamp=(-5.0, 0.5)), policy)
+    trajectory = clamped.sample(policy.denoiser, condition, (4, *policy.sample_shape), generator=torch.Generator().manual_seed(0))
+    for step in range(5):
+        log_prob, mean, std = clamped.log_prob(policy.denoiser, trajectory, step)
+        assert torch.equal(log_prob, trajectory.log_probs[:, step])
+        elements = gaussian_log_prob(trajectory.states[:, step + 1], mean, std, reduce="none")
+        assert torch.allclose(log_prob, elements.clamp(-5.0, 0.5).mean(dim=(1, 2)), atol=1e-5)
+    # the last step has a small std: its element log-densities exceed 0.5 and are clamped
+    assert (elements > 0.5).any()
+    x = trajectory.states[:, -1].clone().requires_grad_(True)
+    gaussian_log_prob(x, mean.detach(), std.detach(), reduce="sum", clamp=(-5.0, 0.5)).sum().backward()
+    inside = (elements > -5.0) & (elements < 0.5)
+    assert torch.all(x.grad[~inside] == 0) and torch.all(x.grad[inside] != 0)
+    with pytest.raises(ValidationError, match="logprob_clamp"):
+        SamplerConfig(logprob_clamp=(2.0, -5.0))
 
 
 def test_routed_policy_saves_both_networks(tiny_policy_dir, tmp_path):

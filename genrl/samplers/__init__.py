@@ -30,4 +30,5 @@ def build_sampler(config, model) -> GaussianChainSampler:
         sampler = FlowSDESampler(config.num_steps, noise_level=config.noise_level, shift=model.shift,
                                  num_train_timesteps=model.num_train_timesteps)
     sampler.min_std, sampler.min_logprob_std, sampler.noise_clip = config.min_std, config.min_logprob_std, config.noise_clip
+    sampler.logprob_clamp = tuple(config.logprob_clamp) if config.logprob_clamp is not None else None
     return sampler

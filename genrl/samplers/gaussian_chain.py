@@ -27,7 +27,8 @@ class GaussianChainSampler:
     of std 0.02 scored as N(mean, 0.02^2) has a log-prob gradient ~1/std^2 that is nearly pure
     noise and swamps the other steps (DPPO's reference has both floors, 0.1 each by default).
     Stored and re-scored log-probs use the same scoring std, so on-policy ratios stay exactly 1.
-    `noise_clip` clamps the standard-normal sampling noise.
+    `noise_clip` clamps the standard-normal sampling noise. `logprob_clamp` (low, high) clamps each
+    element's log-density before the reduction (DPPO's reference: -5, 2), at sampling and scoring alike.
     """
 
     #: pairs (t, t_prev) in sampling order: integer timesteps (t_prev = -1 for the last step)
@@ -37,6 +38,7 @@ class GaussianChainSampler:
     min_std: float = 0.0
     min_logprob_std: float = 0.0
     noise_clip: float | None = None
+    logprob_clamp: tuple[float, float] | None = None
 
     def network_timestep(self, denoiser, t: torch.Tensor) -> torch.Tensor:
         """The timestep value the network is called with at grid point t."""
@@ -140,7 +142,8 @@ class GaussianChainSampler:
                 if self.noise_clip is not None:
                     noise = noise.clamp(-self.noise_clip, self.noise_clip)
                 x = mean + std * noise
-                log_probs.append(gaussian_log_prob(x, mean, self.scoring_std(std), log_prob_reduce, score_mask))
+                log_probs.append(gaussian_log_prob(x, mean, self.scoring_std(std), log_prob_reduce, score_mask,
+                                                    self.logprob_clamp))
             else:  # deterministic step: no policy to score
                 x = mean
                 log_probs.append(torch.zeros(x.shape[0], device=x.device))
@@ -195,7 +198,8 @@ class GaussianChainSampler:
         if not self._all_stochastic(step_index, std):
             raise ValueError(f"step {step_index} is deterministic (std 0) and has no log-probability")
         std_b = broadcast_to_batch(self.scoring_std(std), mean)
-        log_prob = gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce, trajectory.score_mask)
+        log_prob = gaussian_log_prob(x_prev, mean, std_b, reduce or trajectory.log_prob_reduce, trajectory.score_mask,
+                                     self.logprob_clamp)
         return log_prob, mean, std_b
 
     def scoring_std(self, std: torch.Tensor | float) -> torch.Tensor | float:
