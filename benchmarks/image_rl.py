@@ -206,7 +206,8 @@ def queries_to_reach(challenger: list[dict], reference: list[dict], score: str) 
         reached = next((q for q, value in eval_curve(mine, score) if value >= target), None)
         share = f"{reached / total:.2f} of its queries ({reached})" if reached is not None else "not reached"
         ratio = mine["paired"][score]["mean"] / theirs["paired"][score]["mean"]
-        lines.append(f"| {mine['seed']} | {target:.4f} | {share} | {ratio:.2f} |")
+        inside = [f"{r['summary'][f'{score}/inside_before']:.3f} -> {r['summary'][f'{score}/inside_after']:.3f}" for r in (mine, theirs)]
+        lines.append(f"| {mine['seed']} | {target:.4f} | {share} | {ratio:.2f} | {inside[0]} | {inside[1]} |")
     return lines
 
 
@@ -238,8 +239,10 @@ def build_table() -> str:
         if score == "shapes_pixel_alignment" and _load("pxpo_pixel") and _load("ddpo_pixel"):
             lines += ["", "PXPO against DDPO on evaluation (the same 64 prompts and noise, evaluated every 2 epochs): the "
                       "queries PXPO needed to reach DDPO's final evaluation reward, and PXPO's gain over DDPO's "
-                      "(goals: <= 0.67 and >= 1.5).", "",
-                      "| seed | DDPO final | PXPO reached it after | PXPO gain / DDPO gain |", "|---|---|---|---|",
+                      "(goals: <= 0.67 and >= 1.5). `shape pixels`: the reward on the pixels inside the prompt's "
+                      "shape only (most pixels are background, so the mean can rise while the shape fades).", "",
+                      "| seed | DDPO final | PXPO reached it after | PXPO gain / DDPO gain | PXPO shape pixels | DDPO shape pixels |",
+                      "|---|---|---|---|---|---|",
                       *queries_to_reach(_load("pxpo_pixel"), _load("ddpo_pixel"), score)]
     lines += ["", "Gain = after - before (JPEG kB: negative is better).", "",
               "## Commands (`seed=S` for S in the seeds; each run's own command line is in its result file)", ""]
