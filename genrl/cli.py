@@ -17,6 +17,7 @@ COMMANDS = {
     "pretrain": "train a base model from scratch: the Shapes image model, or a Diffusion Policy by behaviour cloning",
     "train": "RL fine-tune a model on a reward: images (DDPO, PXPO, REBEL, SFT-PG, B^2) or policies (DDPO, DPPO, REBEL)",
     "eval": "sample a model and score it: image rewards, or a policy's success rate over seeded episodes",
+    "distill": "turn a multi-step teacher (a Diffusion Policy or a Shapes model) into a few-step student",
 }
 
 

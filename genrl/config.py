@@ -29,8 +29,9 @@ MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda
 
 # ================================================================ shared sections
 class SamplerConfig(Section):
-    # ddim / ddpm for diffusion models; flow_sde for flow-matching models (noise_level 0 = Euler ODE)
-    kind: Literal["ddim", "ddpm", "flow_sde"] = "ddim"
+    # ddim / ddpm for diffusion models; flow_sde for flow-matching models (noise_level 0 = Euler ODE);
+    # consistency for a consistency student (`genrl distill`), num_steps its 1-3 calls
+    kind: Literal["ddim", "ddpm", "flow_sde", "consistency"] = "ddim"
     num_steps: int = Field(20, ge=1)
     eta: float = Field(1.0, ge=0.0)  # DDIM only: 0 deterministic, 1 DDPM-like variance (DDPO)
     noise_level: float = Field(0.7, ge=0.0)  # flow_sde only: the SDE's a (Flow-GRPO uses 0.7)
@@ -390,6 +391,51 @@ class PretrainConfig(Section):
         return self
 
 
+# ================================================================ genrl distill
+class ConsistencyMethod(Section):
+    """Consistency distillation (distill/consistency.py): the student maps every point of the teacher's
+    probability-flow ODE to its origin, so 1-3 calls sample. Warm-started from the teacher."""
+
+    kind: Literal["consistency"] = "consistency"
+    num_intervals: int = Field(20, ge=1)  # teacher ODE steps (DDIM, eta 0) the schedule is cut into
+    target_ema_decay: float = Field(0.95, ge=0, lt=1)  # the target network's EMA of the student (0: the student, detached)
+    sigma_data: float = Field(0.5, gt=0)
+    dsm_weight: float = Field(1.0, ge=0)  # weight of the data-denoising term (x0 regression; Consistency Policy's DSM)
+
+
+class DistillEvalConfig(Section):
+    """Measured at the end: the student over seeded episodes (policies) or prompt match of samples (images),
+    with `num_steps` student calls."""
+
+    num_steps: int = Field(1, ge=1)
+    num_samples: int = Field(64, ge=1)
+    episodes: EpisodeEvalConfig = EpisodeEvalConfig(num_episodes=50)
+    skip: bool = False
+
+
+class DistillConfig(Section):
+    """`genrl distill`: turn a multi-step teacher into a few-step student."""
+
+    seed: int = 0
+    output_dir: str = "runs/distill"
+    resume: bool = False
+    teacher: ModelConfig = ModelConfig()
+    method: Annotated[Union[Annotated[ConsistencyMethod, Tag("consistency")]], _kind_or("consistency")] = ConsistencyMethod()
+    data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")]],
+                    _kind_or("shapes")] = ShapesData()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4, weight_decay=0.0)
+    max_steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # the saved student's EMA (apart from the method's target network)
+    ema_warmup: bool = True
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int | None = Field(3, ge=1)
+    eval: DistillEvalConfig = DistillEvalConfig()
+    mixed_precision: MixedPrecision = "no"
+
+
 # ================================================================ genrl eval / genrl collect
 class EvalConfig(Section):
     """`genrl eval`: sample a model and score it: images on `rollout.eval_samples` prompts (the reward
@@ -425,6 +471,7 @@ class CollectConfig(Section):
 
 COMMAND_CONFIGS: dict[str, type[Section]] = {
     "collect": CollectConfig, "pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig,
+    "distill": DistillConfig,
 }
 
 

@@ -91,8 +91,11 @@ class Denoiser(GuidedNetwork):
         alpha_bar = self.alphas(like)[torch.as_tensor(t, device=self.alphas_cumprod.device)]
         return broadcast_to_batch(alpha_bar, like)
 
-    def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Convert the network's output to (x0_hat, eps_hat) at timestep t (int or per-sample (B,))."""
+    def predict_x0_eps(self, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor,
+                       clip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Convert the network's output to (x0_hat, eps_hat) at timestep t (int or per-sample (B,)).
+        `clip=False` skips the schedule's x0 clipping (a sampling device; a loss through it has no gradient
+        wherever the prediction is out of range)."""
         alpha_bar = self.alpha_bar(t, x_t)
         sqrt_a, sqrt_1ma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         if self.prediction_type == "epsilon":
@@ -104,6 +107,6 @@ class Denoiser(GuidedNetwork):
         else:  # v_prediction
             x0 = sqrt_a * x_t - sqrt_1ma * model_output
             eps = sqrt_a * model_output + sqrt_1ma * x_t
-        if self.clip_sample:
+        if self.clip_sample and clip:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0, eps

@@ -149,18 +149,20 @@ class RunningLoss:
 
     def __init__(self, log: MetricsLog, accelerator, progress, every: int):
         self.log, self.accelerator, self.progress, self.every = log, accelerator, progress, every
-        self.total = 0.0
+        self.totals: dict[str, float] = {}
 
-    def add(self, step: int, loss: float, learning_rate: float) -> None:
-        """Record the loss of (1-based) `step`; report the average on every `every`-th step."""
-        self.total += loss
+    def add(self, step: int, loss: float, learning_rate: float, parts: dict | None = None) -> None:
+        """Record the loss of (1-based) `step` (and its named `parts`, if the loss has several); report the
+        averages on every `every`-th step."""
+        for key, value in {"loss": loss, **(parts or {})}.items():
+            self.totals[key] = self.totals.get(key, 0.0) + value
         if step % self.every:
             return
-        record = {"step": step, "loss": self.total / self.every, "lr": learning_rate}
+        record = {"step": step, **{key: total / self.every for key, total in self.totals.items()}, "lr": learning_rate}
         self.log.write(record)
         self.accelerator.log(record, step=step)
         self.progress.set_postfix(loss=f"{record['loss']:.4f}")
-        self.total = 0.0
+        self.totals = {}
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -14,7 +14,7 @@ DDPO = "configs/ddpo/shapes_compressibility.yaml"
 
 
 def test_every_shipped_recipe_validates():
-    commands = {"pretrain": "pretrain", "eval": "eval", "collect": "collect"}
+    commands = {"pretrain": "pretrain", "eval": "eval", "collect": "collect", "distill": "distill"}
     paths = sorted(Path("configs").rglob("*.yaml"))
     assert len(paths) >= 20
     for path in paths:

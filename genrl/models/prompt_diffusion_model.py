@@ -9,6 +9,7 @@ also loads as a `ShapesPipeline` (genrl/models/shapes_pipeline.py):
     tokenizer/vocab.json    WordTokenizer
     scheduler/              DDPMScheduler (diffusion: betas, prediction type, clipping) or
                             FlowMatchEulerDiscreteScheduler (flow matching: shift)
+    distilled.json          only for a student of `genrl distill`: its method and sampling constants
 
 This is the interface trainers use: `encode_prompts`, `null_condition`, `decode`,
 `denoiser`, `sample_shape`. Latent pipelines (VAE + CLIP text encoder) expose the same.
@@ -32,6 +33,7 @@ from genrl.models.text_encoder import PromptEncoder, WordTokenizer
 SCHEDULERS = {"DDPMScheduler": DDPMScheduler, "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler}
 NETWORKS_BY_CLASS_NAME = {cls.__name__: cls for cls in NETWORK_CLASSES.values()}
 CLASS_NAMES = (ShapesPipeline.__name__, "PromptDiffusionModel")  # model_index `_class_name`s this class loads
+DISTILLED = "distilled.json"
 
 
 class PromptDiffusionModel(ScheduledModel):
@@ -41,6 +43,7 @@ class PromptDiffusionModel(ScheduledModel):
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self.distilled: dict | None = None  # a distilled student's method and sampling constants (distilled.json)
         self._attach_denoiser(clip_sample=scheduler.config.get("clip_sample", False))
 
     @property
@@ -76,6 +79,8 @@ class PromptDiffusionModel(ScheduledModel):
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_components(directory, self.network, self.text_encoder, self.tokenizer, self.scheduler)
+        if self.distilled is not None:
+            (Path(directory) / DISTILLED).write_text(json.dumps(self.distilled, indent=1))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "PromptDiffusionModel":
@@ -103,5 +108,8 @@ class PromptDiffusionModel(ScheduledModel):
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise CheckpointError(f"could not load model from {directory}: {message}") from None
         tokenizer = WordTokenizer.from_pretrained(directory / "tokenizer")
-        return cls(network, text_encoder, tokenizer, scheduler)
+        model = cls(network, text_encoder, tokenizer, scheduler)
+        if (directory / DISTILLED).is_file():
+            model.distilled = json.loads((directory / DISTILLED).read_text())
+        return model
 

@@ -95,55 +95,14 @@ def pretrain(config: PretrainConfig) -> dict:
     if eval_sampler is not None:
         build_sampler(eval_sampler, model)  # a sampler that does not fit the model fails before training
     output_dir = prepare_output_dir(config, accelerator)
-    device = accelerator.device
-    model.to(device)
-    batches = make_batches(config, model, demos, device)
+    model.to(accelerator.device)
+    batches = make_batches(config, model, demos, accelerator.device)
 
-    trained = TrainedModules.of(model)
-    ema = EMAModel(trained.parameters(), decay=config.ema_decay, use_ema_warmup=config.ema_warmup, power=0.75)
-    ema.to(device)
-    opt = config.optimizer
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2),
-                                  weight_decay=opt.weight_decay, eps=opt.adam_epsilon)
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    trained, optimizer, lr_schedule = accelerator.prepare(trained, optimizer, lr_schedule)
-    accelerator.register_for_checkpointing(ema)
-    start_step, resumed_from = 0, None
-    if config.resume:
-        resumed_from = require_checkpoint(output_dir)
-        start_step = load_checkpoint(accelerator, resumed_from)["step"]
-        if accelerator.is_main_process:  # steps logged after that checkpoint are done again
-            truncate_metrics(output_dir / "metrics.jsonl", start_step)
-    accelerator.init_trackers("pretrain")
-    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
-
-    progress = tqdm(range(start_step, config.max_steps), desc="pretrain", disable=not accelerator.is_main_process,
-                    initial=start_step, total=config.max_steps)
-    running_loss = RunningLoss(log, accelerator, progress, config.log_every)
-    trained.train()
-    for step in progress:
-        # Seeded per (run, rank, step): reproducible, and a resumed run sees the same batches and noise.
-        rng = np.random.default_rng([config.seed, accelerator.process_index, step])
-        clean, condition = batches.sample(rng, device)
-        generator = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+    def denoising_loss(trained, clean, condition, generator):
         noisy, timesteps, target = noisy_input_and_target(model.scheduler, clean, generator)
-        prediction = trained(noisy, timesteps, condition)
-        loss = F.mse_loss(prediction.float(), target.float())
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trained.parameters(), opt.max_grad_norm)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad()
-        ema.step(trained.parameters())
-        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0])
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
-            save_checkpoint(accelerator, output_dir, step + 1, {"step": step + 1}, keep=config.keep_checkpoints,
-                            protect=resumed_from)
+        return F.mse_loss(trained(noisy, timesteps, condition).float(), target.float())
 
-    # The saved and evaluated weights are the EMA weights, as in DDPM practice and Diffusion Policy.
-    final = copy.deepcopy(model)
-    ema.copy_to(TrainedModules.of(final).parameters())
-    final.eval()
+    final, log = fit(config, accelerator, model, batches, denoising_loss, output_dir, "pretrain")
     summary = {}
     if accelerator.is_main_process:
         final.save_pretrained(output_dir / "model")
@@ -155,6 +114,63 @@ def pretrain(config: PretrainConfig) -> dict:
         (output_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
     return summary
+
+
+def fit(config, accelerator: Accelerator, model, batches, step_loss, output_dir, name: str, after_step=None,
+        checkpointed: tuple = ()):
+    """The training loop `genrl pretrain` and `genrl distill` share: `config.max_steps` AdamW steps on
+    `step_loss(trained, clean, condition, generator)` (a loss, or (loss, {name: part}) to log its parts) over batches from `batches`, with a cosine schedule,
+    an EMA of the weights, checkpoints and resume. `after_step(trained)` runs after each optimizer step
+    (a distiller's target network); `checkpointed` objects are saved with the checkpoints. Returns a copy of
+    `model` holding the EMA weights (the ones saved and evaluated, as in DDPM practice and Diffusion
+    Policy) and the metrics log."""
+    device = accelerator.device
+    trained = TrainedModules.of(model)
+    ema = EMAModel(trained.parameters(), decay=config.ema_decay, use_ema_warmup=config.ema_warmup, power=0.75)
+    ema.to(device)
+    opt = config.optimizer
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=opt.learning_rate, betas=(opt.adam_beta1, opt.adam_beta2),
+                                  weight_decay=opt.weight_decay, eps=opt.adam_epsilon)
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    trained, optimizer, lr_schedule = accelerator.prepare(trained, optimizer, lr_schedule)
+    accelerator.register_for_checkpointing(ema, *checkpointed)
+    start_step, resumed_from = 0, None
+    if config.resume:
+        resumed_from = require_checkpoint(output_dir)
+        start_step = load_checkpoint(accelerator, resumed_from)["step"]
+        if accelerator.is_main_process:  # steps logged after that checkpoint are done again
+            truncate_metrics(output_dir / "metrics.jsonl", start_step)
+    accelerator.init_trackers(name)
+    log = MetricsLog(output_dir / "metrics.jsonl", accelerator.is_main_process)
+
+    progress = tqdm(range(start_step, config.max_steps), desc=name, disable=not accelerator.is_main_process,
+                    initial=start_step, total=config.max_steps)
+    running_loss = RunningLoss(log, accelerator, progress, config.log_every)
+    trained.train()
+    for step in progress:
+        # Seeded per (run, rank, step): reproducible, and a resumed run sees the same batches and noise.
+        rng = np.random.default_rng([config.seed, accelerator.process_index, step])
+        clean, condition = batches.sample(rng, device)
+        generator = torch.Generator(device).manual_seed(int(rng.integers(2**62)))
+        loss = step_loss(trained, clean, condition, generator)
+        loss, parts = loss if isinstance(loss, tuple) else (loss, None)  # a loss of several terms names them
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(trained.parameters(), opt.max_grad_norm)
+        optimizer.step()
+        lr_schedule.step()
+        optimizer.zero_grad()
+        ema.step(trained.parameters())
+        if after_step is not None:
+            after_step(trained)
+        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0], parts)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
+            save_checkpoint(accelerator, output_dir, step + 1, {"step": step + 1}, keep=config.keep_checkpoints,
+                            protect=resumed_from)
+
+    final = copy.deepcopy(model)
+    ema.copy_to(TrainedModules.of(final).parameters())
+    final.eval()
+    return final, log
 
 
 def end_of_run_sampler(config: PretrainConfig, model) -> SamplerConfig:

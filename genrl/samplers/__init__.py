@@ -1,14 +1,15 @@
 """Samplers run a denoising chain and return a Trajectory with per-step log-probs."""
 
 from genrl.errors import ConfigError
+from genrl.samplers.consistency import ConsistencySampler
 from genrl.samplers.ddim import DDIMSampler
 from genrl.samplers.ddpm import DDPMSampler
 from genrl.samplers.flow_sde import FlowSDESampler
 from genrl.samplers.gaussian_chain import GaussianChainSampler
 
-__all__ = ["DDIMSampler", "DDPMSampler", "FlowSDESampler", "GaussianChainSampler", "build_sampler"]
+__all__ = ["ConsistencySampler", "DDIMSampler", "DDPMSampler", "FlowSDESampler", "GaussianChainSampler", "build_sampler"]
 
-FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "flow_sde": "flow"}
+FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "consistency": "diffusion", "flow_sde": "flow"}
 
 
 def build_sampler(config, model) -> GaussianChainSampler:
@@ -21,6 +22,13 @@ def build_sampler(config, model) -> GaussianChainSampler:
         )
     if config.kind != "flow_sde" and config.num_steps > model.num_train_timesteps:
         raise ConfigError(f"sampler.num_steps {config.num_steps} exceeds the model's {model.num_train_timesteps} training timesteps")
+    if config.kind == "consistency":
+        student = getattr(model, "distilled", None) or {}
+        if student.get("method") != "consistency":
+            raise ConfigError("sampler.kind 'consistency' needs a consistency student (made by `genrl distill` with "
+                              "method.kind consistency); this model is not one")
+        return ConsistencySampler(model.num_train_timesteps, config.num_steps, t_min=student["t_min"],
+                                  sigma_data=student["sigma_data"])
     if config.kind == "ddim":
         sampler = DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
                               final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)

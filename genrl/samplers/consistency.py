@@ -7,12 +7,11 @@ it in the scaled view x~ = x_t / sqrt(a_bar_t) = x0 + sigma_t * eps, sigma_t = s
     f(x_t, t) = c_skip(t) * x~ + (1 - c_skip(t)) * x0_hat(x_t, t)
     c_skip(t) = sigma_data^2 / ((sigma_t - sigma_min)^2 + sigma_data^2)
 
-where x0_hat is the network's clean-sample prediction (eps-, v- or sample-parameterised, as the
-teacher's) and sigma_min is sigma at the grid's smallest timestep t_min. At t_min, c_skip = 1
-and f(x, t_min) = x~ exactly: the boundary condition holds by construction, whatever the
-weights. The second weight is 1 - c_skip rather than the EDM c_out because the student starts
-as a copy of the teacher, whose x0_hat is already a (blurry) one-step estimate of x0: at high
-noise f is that estimate, not a rescaled copy of it.
+where x0_hat is the network's clean-sample prediction (the distiller's students predict x0
+directly: see distill/consistency.py) and sigma_min is sigma at the grid's smallest timestep
+t_min. At t_min, c_skip = 1 and f(x, t_min) = x~ exactly: the boundary condition holds by
+construction, whatever the weights. The second weight is 1 - c_skip rather than the EDM c_out so
+that at high noise f is x0_hat itself (the network's output is an x0 estimate, not EDM's scaled one).
 
 Sampling with k steps (Song et al.'s multistep sampler): x0 = f(x, t_0) from pure noise, then
 for each later t_j re-noise x0 to t_j and map back, x0 = f(sqrt(a_bar) x0 + sqrt(1 - a_bar) z, t_j).
@@ -46,8 +45,9 @@ def consistency_x0(
     denoiser: Denoiser, model_output: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, t_min: int,
     sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
-    """f(x_t, t) from the network's raw output at (x_t, t); t may be per-sample."""
-    x0_hat, _ = denoiser.predict_x0_eps(model_output, x_t, t)
+    """f(x_t, t) from the network's raw output at (x_t, t); t may be per-sample. Unclipped, so that the
+    student's loss has a gradient everywhere (the sampler clips f as the teacher's schedule says)."""
+    x0_hat, _ = denoiser.predict_x0_eps(model_output, x_t, t, clip=False)
     alpha_bar = denoiser.alpha_bar(t, x_t)
     c_skip = skip_weight(alpha_bar, denoiser.alphas(x_t)[t_min], sigma_data)
     # c_skip * x_t / sqrt(a_bar), written so that a_bar -> 0 (pure noise) gives 0, not 0 * inf
@@ -78,6 +78,8 @@ class ConsistencySampler(GaussianChainSampler):
 
     def step_distribution(self, denoiser: Denoiser, model_output, x_t, t, t_prev):
         x0 = consistency_x0(denoiser, model_output, x_t, t, self.t_min, self.sigma_data)
+        if denoiser.clip_sample:  # as the teacher's sampler clips its x0 estimates (actions and pixels live in [-1, 1])
+            x0 = x0.clamp(-denoiser.clip_sample_range, denoiser.clip_sample_range)
         alphas = denoiser.alphas(x_t)
         t_prev = torch.as_tensor(t_prev, device=alphas.device)
         alpha_prev = torch.where(t_prev >= 0, alphas[t_prev.clamp(min=0)], torch.ones_like(alphas[0]))

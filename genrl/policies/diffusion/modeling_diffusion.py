@@ -8,7 +8,8 @@ Directory layout (diffusers' formats, like the image models):
     scheduler/           DDPMScheduler (shipped: 100 steps, squaredcos_cap_v2, epsilon, clip_sample; any
                          prediction_type), or FlowMatchEulerDiscreteScheduler for a flow-matching policy
     normalizer.json      observation / action statistics (required: see normalizer.py)
-    policy_config.json   horizon, n_obs_steps, n_action_steps, obs_dim, action_dim, and the env
+    policy_config.json   horizon, n_obs_steps, n_action_steps, obs_dim, action_dim, the env, and for a
+                         distilled student ("distilled") the method and its sampling constants
 
 Acting: the last `n_obs_steps` observations are normalised and flattened into the FiLM
 condition, a chain samples a chunk of `horizon` normalised actions, and the env executes
@@ -53,6 +54,11 @@ class DiffusionPolicy(ScheduledModel):
     @property
     def sample_shape(self) -> tuple[int, int]:
         return (self.horizon, self.action_dim)
+
+    @property
+    def distilled(self) -> dict | None:
+        """What a distiller made of this policy ({"method": ..., and the method's sampling constants}), None for a teacher."""
+        return self.policy_config.get("distilled")
 
     @property
     def env_config(self) -> dict:

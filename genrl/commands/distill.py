@@ -1,0 +1,89 @@
+"""`genrl distill CONFIG` (configs/distill/): turn a multi-step teacher into a few-step student.
+
+The run layer is pretraining's (`fit` in genrl/pretraining/loop.py: AdamW, cosine schedule, EMA,
+checkpoints, resume, metrics.jsonl); the method (distill/<method>.py) supplies the loss of a batch,
+what to update after each optimizer step, and the constants the student samples with. The student
+starts as a copy of the teacher, is saved with `save_pretrained` in `output_dir/model` (a policy keeps
+the teacher's normaliser and env) and is measured at the end with `eval.num_steps` calls: success
+over seeded episodes for a policy, prompt match for an image model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from distill.consistency import ConsistencyDistiller
+from genrl.config import DemonstrationData, DistillConfig, EnvConfig, PromptConfig, SamplerConfig
+from genrl.errors import ConfigError
+from genrl.evaluation.episodes import evaluate_policy
+from genrl.evaluation.images import make_prompts, sample_images, score_images
+from genrl.models.loading import load_model
+from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
+from genrl.pretraining.data import load_data, make_batches
+from genrl.pretraining.loop import TrainedModules, fit
+from genrl.run_dir import prepare_output_dir, save_grid
+from genrl.samplers import build_sampler
+
+DISTILLERS = {"consistency": ConsistencyDistiller}
+
+
+def load_teacher(path: str):
+    """A Diffusion Policy or a genrl image model directory."""
+    from genrl.commands.eval import _class_name
+
+    if _class_name(path) == "DiffusionPolicy":
+        return DiffusionPolicy.from_pretrained(path)
+    return load_model(path)
+
+
+def run(config: DistillConfig) -> dict:
+    teacher = load_teacher(config.teacher.path)
+    is_policy = isinstance(teacher, DiffusionPolicy)
+    if is_policy != isinstance(config.data, DemonstrationData):
+        wanted = "demonstrations (data.kind: demonstrations, data.path: a dataset of its env)" if is_policy else "shapes"
+        raise ConfigError(f"teacher {config.teacher.path} is a {'policy' if is_policy else 'image model'}: data.kind must be {wanted}")
+    demos = load_data(config)  # a missing dataset fails before anything is written
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=config.output_dir)
+    set_seed(config.seed)
+    teacher.to(accelerator.device).eval()
+    distiller = DISTILLERS[config.method.kind](config.method, teacher, TrainedModules.of(copy.deepcopy(teacher)))
+    student = distiller.make_student(teacher)
+    student.requires_grad_(True)
+    output_dir = prepare_output_dir(config, accelerator)
+    batches = make_batches(config, student, demos, accelerator.device)
+    final, log = fit(config, accelerator, student, batches, distiller.loss, output_dir, "distill",
+                     after_step=distiller.after_step, checkpointed=(distiller.target,))
+    if is_policy:
+        final.policy_config["distilled"] = distiller.student_constants()
+    else:
+        final.distilled = distiller.student_constants()
+    summary = {}
+    if accelerator.is_main_process:
+        final.save_pretrained(output_dir / "model")
+        summary = {"model": str(output_dir / "model"), **batches.describe()}
+        if not config.eval.skip:
+            results = evaluate_student(config, final, output_dir)
+            log.write({"step": config.max_steps, **results})
+            summary.update(results)
+        (output_dir / "eval.json").write_text(json.dumps(summary, indent=1))
+    accelerator.end_training()
+    return summary
+
+
+def evaluate_student(config: DistillConfig, student, output_dir) -> dict:
+    """`eval_`-prefixed figures of the student sampled with `eval.num_steps` calls."""
+    sampler_config = SamplerConfig(kind=config.method.kind, num_steps=config.eval.num_steps)
+    if isinstance(student, DiffusionPolicy):
+        env = EnvConfig.model_validate(student.env_config)
+        results = evaluate_policy(student, env, config.eval.episodes, build_sampler(sampler_config, student), output_dir)
+    else:
+        prompts = make_prompts(PromptConfig(num_objects=(1, 1)), np.random.default_rng(config.seed + 1), config.eval.num_samples)
+        images = sample_images(student, prompts, sampler_config, seed=config.seed)
+        save_grid(images[:64], output_dir / "samples" / "student.png", nrow=8)
+        results = score_images(images, prompts, ["shapes_alignment", "jpeg_compressibility"])
+    return {"eval_" + key.replace("/", "_"): value for key, value in results.items()}
