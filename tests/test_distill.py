@@ -1,6 +1,7 @@
-"""Distillers: the consistency student's parameterisation, sampler and loss."""
+"""Distillers: the consistency student's parameterisation, sampler and loss, and `genrl distill`."""
 
 import copy
+import json
 import shutil
 
 import numpy as np
@@ -11,6 +12,7 @@ from conftest import run_cli
 from distill.consistency import as_x0_student, consistency_distillation_loss, distillation_grid, teacher_ode_step
 from genrl.data.demonstrations import load_demonstrations
 from genrl.errors import ConfigError
+from genrl.models.loading import load_model
 from genrl.pretraining.data import DemonstrationWindows
 from genrl.pretraining.loop import TrainedModules
 from genrl.run_dir import read_metrics
@@ -148,3 +150,19 @@ def test_distill_refuses_bad_input(tiny_policy_dir, umaze_demos, tiny_flow_model
     (broken / "normalizer.json").unlink()
     assert run_cli("distill", recipe, f"teacher.path={broken}", f"data.path={umaze_demos}", f"output_dir={tmp_path / 'e'}") == 2
     assert "normalizer" in capsys.readouterr().err
+
+
+def test_distill_an_image_model_and_sample_the_student(tiny_model_dir, tmp_path):
+    """The same command on a prompt-conditioned image teacher: the student saves its constants in
+    distilled.json, reloads, and samples through `genrl eval` in 2 calls."""
+    out = tmp_path / "run"
+    assert run_cli("distill", "configs/distill/consistency_shapes.yaml", f"teacher.path={tiny_model_dir}", f"output_dir={out}",
+                   "max_steps=6", "batch_size=4", "warmup_steps=1", "checkpoint_every=3", "log_every=3",
+                   "eval.num_samples=4") == 0
+    student = load_model(out / "model")
+    assert student.distilled == {"method": "consistency", "t_min": 0, "sigma_data": 0.5}
+    assert student.denoiser.prediction_type == "sample"
+    summary = json.loads((out / "eval.json").read_text())
+    assert 0 <= summary["eval_shapes_alignment"] <= 1
+    assert run_cli("eval", "configs/eval/shapes.yaml", f"model.path={out / 'model'}", f"output_dir={tmp_path / 'e'}",
+                   "sampler.kind=consistency", "sampler.num_steps=2", "rollout.eval_samples=4") == 0
