@@ -1,5 +1,5 @@
-"""Few-step distillers (OneDP, consistency heads, pi-Flow).
+"""Few-step distillers: a method's loss, its per-step updates and the constants its student samples with.
 
-Nothing is implemented here yet: the distillers are scheduled after the trainers and
-action policies (see the project's issues). The package exists because the layout is fixed.
+`genrl distill` (genrl/commands/distill.py) runs them on the shared training loop. Built so far:
+consistency distillation (consistency.py). OneDP and pi-Flow follow (see the project's issues).
 """
