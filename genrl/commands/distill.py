@@ -13,21 +13,17 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from distill.consistency import ConsistencyDistiller
-from genrl.config import DemonstrationData, DistillConfig, EnvConfig, PromptConfig, SamplerConfig
+from genrl.config import DemonstrationData, DistillConfig, SamplerConfig
 from genrl.errors import ConfigError
-from genrl.evaluation.episodes import evaluate_policy
-from genrl.evaluation.images import make_prompts, sample_images, score_images
 from genrl.models.loading import load_model
 from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from genrl.pretraining.data import load_data, make_batches
-from genrl.pretraining.loop import TrainedModules, fit
-from genrl.run_dir import prepare_output_dir, save_grid
-from genrl.samplers import build_sampler
+from genrl.pretraining.loop import TrainedModules, evaluate_pretrained, fit
+from genrl.run_dir import prepare_output_dir
 
 DISTILLERS = {"consistency": ConsistencyDistiller}
 
@@ -67,23 +63,11 @@ def run(config: DistillConfig) -> dict:
         final.save_pretrained(output_dir / "model")
         summary = {"model": str(output_dir / "model"), **batches.describe()}
         if not config.eval.skip:
-            results = evaluate_student(config, final, output_dir)
+            # the student's own sampler, `eval.num_steps` calls; the measures are pretraining's end-of-run ones
+            sampler_config = SamplerConfig(kind=config.method.kind, num_steps=config.eval.num_steps)
+            results = evaluate_pretrained(config, final, sampler_config, output_dir)
             log.write({"step": config.max_steps, **results})
             summary.update(results)
         (output_dir / "eval.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
     return summary
-
-
-def evaluate_student(config: DistillConfig, student, output_dir) -> dict:
-    """`eval_`-prefixed figures of the student sampled with `eval.num_steps` calls."""
-    sampler_config = SamplerConfig(kind=config.method.kind, num_steps=config.eval.num_steps)
-    if isinstance(student, DiffusionPolicy):
-        env = EnvConfig.model_validate(student.env_config)
-        results = evaluate_policy(student, env, config.eval.episodes, build_sampler(sampler_config, student), output_dir)
-    else:
-        prompts = make_prompts(PromptConfig(num_objects=(1, 1)), np.random.default_rng(config.seed + 1), config.eval.num_samples)
-        images = sample_images(student, prompts, sampler_config, seed=config.seed)
-        save_grid(images[:64], output_dir / "samples" / "student.png", nrow=8)
-        results = score_images(images, prompts, ["shapes_alignment", "jpeg_compressibility"])
-    return {"eval_" + key.replace("/", "_"): value for key, value in results.items()}
