@@ -166,3 +166,21 @@ def test_distill_an_image_model_and_sample_the_student(tiny_model_dir, tmp_path)
     assert 0 <= summary["eval_shapes_alignment"] <= 1
     assert run_cli("eval", "configs/eval/shapes.yaml", f"model.path={out / 'model'}", f"output_dir={tmp_path / 'e'}",
                    "sampler.kind=consistency", "sampler.num_steps=2", "rollout.eval_samples=4") == 0
+
+
+def test_distill_resumes_exactly_from_its_last_checkpoint(tiny_policy_dir, umaze_demos, tmp_path):
+    """A crash after checkpoint 3 of 6: `resume=true` redoes steps 4-6 and ends with the same student,
+    so the student, its EMA, the optimizer and the target network are all in the checkpoint."""
+    out = tmp_path / "run"
+    args = ["configs/distill/consistency_pointmaze_umaze.yaml", f"teacher.path={tiny_policy_dir}", f"data.path={umaze_demos}",
+            f"output_dir={out}", "method.num_intervals=6", "max_steps=6", "batch_size=8", "warmup_steps=1",
+            "checkpoint_every=3", "log_every=1", "ema_decay=0.5", "method.target_ema_decay=0.5", "eval.skip=true"]
+    assert run_cli("distill", *args) == 0
+    finished = DiffusionPolicy.from_pretrained(out / "model")
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    shutil.rmtree(out / "model")
+    assert run_cli("distill", *args, "resume=true") == 0
+    resumed = DiffusionPolicy.from_pretrained(out / "model")
+    for a, b in zip(finished.network.parameters(), resumed.network.parameters()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
