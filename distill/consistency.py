@@ -6,7 +6,7 @@ every point of one probability-flow ODE trajectory of the teacher. One training 
     pick adjacent grid times t_lo < t_hi (the grid runs from t_min, where f is the identity, up to T-1)
     x_hi   = sqrt(a_bar_hi) x0 + sqrt(1 - a_bar_hi) eps          (x0 from the data)
     x_lo   = one deterministic DDIM step of the TEACHER from x_hi to t_lo   (no gradient)
-    loss   = || f_student(x_hi, t_hi) - f_target(x_lo, t_lo) ||^2 + dsm_weight * || x0_student(x_hi, t_hi) - x0 ||^2
+    loss   = || f_student(x_hi, t_hi) - f_target(x_lo, t_lo) ||^2 + dsm_weight * || f_student(x_hi, t_hi) - x0 ||^2
 
 The target network is an exponential moving average of the student (decay 0.95 in the paper's
 distillation runs); at the bottom pair the target is the boundary x_lo / sqrt(a_bar_t_min),
@@ -19,8 +19,12 @@ teacher predicts. Measured on an eps-teacher: x0 = (x_t - sqrt(1 - a_bar) eps) /
 multiplies eps errors by up to ~2000 at the top of a 100-step cosine schedule, where the one-step
 student does all its work; an eps-student's self-consistency loss fell while its one-step
 samples moved away from the teacher's ODE. The student starts from the teacher's weights (its
-features), and the second term (Consistency Policy's denoising term: x0 regression on the data)
-teaches its output layer the new meaning from the first step on.
+features), and the second term (Consistency Policy's denoising term: regression of the whole jump
+f on the data) teaches its output layer the new meaning from the first step on. The term is put
+on f, not on the network's x0 estimate inside f: measured on PushT, regressing the x0 estimate on
+the data made it the posterior mean, and f = c_skip x~ + (1 - c_skip) x0 then kept c_skip's share
+of the noise (2- and 3-call samples 0.070 and 0.097 from the data in mean square, against 0.023
+and 0.026 with the term on f).
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def consistency_distillation_loss(teacher_denoiser, student_denoiser, student, t
     output = student(x_hi, t_hi, condition)
     prediction = consistency_x0(student_denoiser, output, x_hi, t_hi, t_min, sigma_data)
     consistency = F.mse_loss(prediction.float(), goal.float())
-    denoising = F.mse_loss(student_denoiser.predict_x0_eps(output, x_hi, t_hi, clip=False)[0].float(), clean.float())
+    denoising = F.mse_loss(prediction.float(), clean.float())
     return consistency + dsm_weight * denoising, {"consistency_loss": consistency.item(), "denoising_loss": denoising.item()}
 
 

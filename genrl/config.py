@@ -400,7 +400,7 @@ class ConsistencyMethod(Section):
     num_intervals: int = Field(20, ge=1)  # teacher ODE steps (DDIM, eta 0) the schedule is cut into
     target_ema_decay: float = Field(0.95, ge=0, lt=1)  # the target network's EMA of the student (0: the student, detached)
     sigma_data: float = Field(0.5, gt=0)
-    dsm_weight: float = Field(1.0, ge=0)  # weight of the data-denoising term (x0 regression; Consistency Policy's DSM)
+    dsm_weight: float = Field(1.0, ge=0)  # weight of the data-denoising term ||f(x_t, t) - x0||^2 (Consistency Policy's DSM)
 
 
 class DistillEvalConfig(Section):
