@@ -11,7 +11,6 @@ over seeded episodes for a policy, prompt match for an image model.
 from __future__ import annotations
 
 import copy
-import json
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -22,7 +21,7 @@ from genrl.errors import ConfigError
 from genrl.models.loading import load_model
 from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from genrl.pretraining.data import load_data, make_batches
-from genrl.pretraining.loop import TrainedModules, evaluate_pretrained, fit
+from genrl.pretraining.loop import TrainedModules, fit, save_and_evaluate
 from genrl.run_dir import prepare_output_dir
 
 DISTILLERS = {"consistency": ConsistencyDistiller}
@@ -58,16 +57,6 @@ def run(config: DistillConfig) -> dict:
         final.policy_config["distilled"] = distiller.student_constants()
     else:
         final.distilled = distiller.student_constants()
-    summary = {}
-    if accelerator.is_main_process:
-        final.save_pretrained(output_dir / "model")
-        summary = {"model": str(output_dir / "model"), **batches.describe()}
-        if not config.eval.skip:
-            # the student's own sampler, `eval.num_steps` calls; the measures are pretraining's end-of-run ones
-            sampler_config = SamplerConfig(kind=config.method.kind, num_steps=config.eval.num_steps)
-            results = evaluate_pretrained(config, final, sampler_config, output_dir)
-            log.write({"step": config.max_steps, **results})
-            summary.update(results)
-        (output_dir / "eval.json").write_text(json.dumps(summary, indent=1))
-    accelerator.end_training()
-    return summary
+    # the student's own sampler with `eval.num_steps` calls; the figures are pretraining's end-of-run ones
+    eval_sampler = None if config.eval.skip else SamplerConfig(kind=config.method.kind, num_steps=config.eval.num_steps)
+    return save_and_evaluate(config, accelerator, final, batches, log, output_dir, eval_sampler)

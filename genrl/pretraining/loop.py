@@ -103,6 +103,12 @@ def pretrain(config: PretrainConfig) -> dict:
         return F.mse_loss(trained(noisy, timesteps, condition).float(), target.float())
 
     final, log = fit(config, accelerator, model, batches, denoising_loss, output_dir, "pretrain")
+    return save_and_evaluate(config, accelerator, final, batches, log, output_dir, eval_sampler)
+
+
+def save_and_evaluate(config, accelerator: Accelerator, final, batches, log, output_dir, eval_sampler: SamplerConfig | None) -> dict:
+    """The end of a `fit` run (main process): the model to output_dir/model, its end-of-run figures with
+    `eval_sampler` (None: none) to metrics.jsonl, and the summary to eval.json."""
     summary = {}
     if accelerator.is_main_process:
         final.save_pretrained(output_dir / "model")
