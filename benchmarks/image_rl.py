@@ -19,7 +19,6 @@ benchmarks/results/image_rl.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from curves import plot_mean_and_band
-from runner import train_and_measure
+from runner import benchmark_command_line, train_and_measure
 from trainer_table import full_step_reference, sft_distances
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,19 +272,7 @@ def plot() -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=list(RUNS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--table", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
-    args = parser.parse_args()
-    if args.run and not args.table:
-        for seed in args.seeds:
-            run(args.run, seed, args.overrides)
-    table = build_table()
-    (ROOT / "benchmarks" / "results" / "image_rl.md").write_text(table)
-    plot()
-    print(table)
+    benchmark_command_line(__doc__, list(RUNS), run, build_table, plot, ROOT / "benchmarks" / "results" / "image_rl.md")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""One `genrl train` run in its own process, as the benchmark scripts record it."""
+"""What the before/after benchmark scripts share: one `genrl train` run in its own process, as they record
+it, and their command line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -29,3 +31,21 @@ def train_and_measure(recipe: str, output_dir: Path, seed: int, overrides: list[
         "summary": json.loads((output_dir / "summary.json").read_text()),
         "metrics": [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()],
     }
+
+
+def benchmark_command_line(description: str, run_names: list[str], run, build_table, plot, table_path: Path) -> None:
+    """`--run NAME --seeds S ...` runs (finished ones are skipped by `run`), then the table to `table_path`
+    and the plots; `--table` only rebuilds the table and plots from saved results."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", choices=run_names)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--table", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    args = parser.parse_args()
+    if args.run and not args.table:
+        for seed in args.seeds:
+            run(args.run, seed, args.overrides)
+    table = build_table()
+    table_path.write_text(table)
+    plot()
+    print(table)
