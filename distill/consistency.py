@@ -34,7 +34,6 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from genrl.denoiser import broadcast_to_batch
 from genrl.errors import ConfigError
 from genrl.samplers.consistency import consistency_x0
 
@@ -64,7 +63,7 @@ def consistency_distillation_loss(teacher_denoiser, student_denoiser, student, t
     interval = torch.randint(0, len(grid) - 1, (clean.shape[0],), generator=generator, device=device)
     t_hi, t_lo = grid[interval + 1], grid[interval]
     noise = torch.randn(clean.shape, generator=generator, device=device, dtype=clean.dtype)
-    alpha_hi = broadcast_to_batch(teacher_denoiser.alphas(clean)[t_hi], clean)
+    alpha_hi = teacher_denoiser.alpha_bar(t_hi, clean)
     x_hi = alpha_hi.sqrt() * clean + (1 - alpha_hi).sqrt() * noise
     t_min = int(grid[0])
     with torch.no_grad():
