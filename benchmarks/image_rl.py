@@ -88,6 +88,12 @@ RUNS = {
     # the flow-matching Shapes model (Flow-GRPO's SDE sampler) with the ddpo_jpeg settings
     "ddpo_flow_jpeg": ("configs/ddpo/shapes_flow_compressibility_fast.yaml", [], "jpeg_compressibility/jpeg_kb",
                        "shapes_alignment/prompt_match"),
+    # REBEL (eta_inverse 100, the setting that did not diverge on the diffusion model) on the flow model,
+    # with ddpo_flow_jpeg's sampler
+    "rebel_flow_jpeg_eta100": ("configs/rebel/shapes_compressibility_fast.yaml",
+                               ["rebel.eta_inverse=100", "model.path=models/shapes-flow",
+                                "sampler={kind: flow_sde, num_steps: 20, noise_level: 0.7, guidance_scale: 1.0}"],
+                               "jpeg_compressibility/jpeg_kb", "shapes_alignment/prompt_match"),
 }
 
 

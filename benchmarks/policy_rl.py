@@ -50,6 +50,9 @@ RUNS = {
                                "num_epochs=30", "sampler.logprob_clamp=[-5, 2]", "checkpoint_every=15"], "coverage"),
     # a weak behaviour-cloning start with headroom (40 of 300 demonstrations), same settings
     "medium_weak_dppo": ("configs/policy_rl/pointmaze_medium_weak_dppo.yaml", [], None),
+    # episode-level trainers on PushT at pusht_dppo's env steps, sampler, reward and evaluation
+    "pusht_ddpo": ("configs/policy_rl/pusht_ddpo.yaml", [], "coverage"),
+    "pusht_rebel": ("configs/policy_rl/pusht_rebel.yaml", [], "coverage"),
 }
 # Rows measured with earlier recipes (results kept; the code they ran is in git history): the recipe
 # before issue 12 (no scoring floor, whole-chunk log-probs, coverage counted from 0, 32 episodes per

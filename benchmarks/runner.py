@@ -13,24 +13,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_and_measure(recipe: str, output_dir: Path, seed: int, overrides: list[str]) -> dict:
-    """Run `genrl train` (without trackers); returns its command line, wall and CPU minutes (the child's
-    user + system time), summary.json and metrics.jsonl."""
-    command = [str(ROOT / ".venv" / "bin" / "genrl"), "train", recipe, f"output_dir={output_dir}", f"seed={seed}",
-               "log_with=[]", *overrides]
+def run_measured(arguments: list[str], output_dir: Path) -> dict:
+    """Run `genrl ARGUMENTS` in its own process; returns its command line, wall and CPU minutes (the child's
+    user + system time), its summary (summary.json, or eval.json for `genrl distill`) and, when the
+    resolved config has one, its number of optimizer steps (`max_steps`)."""
+    import yaml
+
+    command = [str(ROOT / ".venv" / "bin" / "genrl"), *arguments]
     print("$", " ".join(command[1:]), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, check=True)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    summary_path = output_dir / "summary.json" if (output_dir / "summary.json").exists() else output_dir / "eval.json"
+    config = yaml.safe_load((output_dir / "config.yaml").read_text()) if (output_dir / "config.yaml").exists() else {}
     return {
         "command": " ".join(command[1:]).replace(str(ROOT) + "/", ""),
         "wall_minutes": wall / 60,
         "cpu_minutes": ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / 60,
-        "summary": json.loads((output_dir / "summary.json").read_text()),
-        "metrics": [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()],
+        "summary": json.loads(summary_path.read_text()),
+        **({"steps": config["max_steps"]} if "max_steps" in config else {}),
     }
+
+
+def train_and_measure(recipe: str, output_dir: Path, seed: int, overrides: list[str]) -> dict:
+    """Run `genrl train` (without trackers); `run_measured`'s figures and metrics.jsonl."""
+    measured = run_measured(["train", recipe, f"output_dir={output_dir}", f"seed={seed}", "log_with=[]", *overrides], output_dir)
+    return {**measured, "metrics": [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]}
 
 
 def benchmark_command_line(description: str, run_names: list[str], run, build_table, plot, table_path: Path) -> None:

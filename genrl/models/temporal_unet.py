@@ -86,6 +86,14 @@ class TemporalUnet1D(ModelMixin, ConfigMixin):
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor, return_dict: bool = True
     ) -> TemporalUnetOutput | tuple[torch.Tensor]:
+        features, _ = self.features(sample, timestep, global_cond)
+        out = rearrange(self.final(features), "b a t -> b t a")
+        return TemporalUnetOutput(sample=out) if return_dict else (out,)
+
+    def features(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk: the last up level's features (B, down_dims[0], T) before the output layers, and the
+        FiLM condition (B, timestep_embed_dim + global_cond_dim) every block saw. A consistency head
+        (genrl/models/consistency_head.py) reads both."""
         timestep = torch.as_tensor(timestep, device=sample.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(sample.shape[0])
@@ -105,5 +113,4 @@ class TemporalUnet1D(ModelMixin, ConfigMixin):
         for (first, second, upsample), skip in zip(self.up, reversed(skips)):
             x = second(first(torch.cat([x, skip], dim=1), cond), cond)
             x = upsample(x)
-        out = rearrange(self.final(x), "b a t -> b t a")
-        return TemporalUnetOutput(sample=out) if return_dict else (out,)
+        return x, cond

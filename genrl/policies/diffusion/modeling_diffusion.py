@@ -5,6 +5,8 @@ Directory layout (diffusers' formats, like the image models):
     unet/                TemporalUnet1D (safetensors + config.json)
     base_unet/           only after DPPO with ft_denoising_steps: the frozen network of the early steps
                          (policy_config.json's finetuned_below_timestep says where the chain switches)
+    consistency_head/    only for a consistency-head student: the trained head (genrl/models/consistency_head.py);
+                         unet/ is then the teacher's frozen trunk
     scheduler/           DDPMScheduler (shipped: 100 steps, squaredcos_cap_v2, epsilon, clip_sample; any
                          prediction_type), or FlowMatchEulerDiscreteScheduler for a flow-matching policy
     normalizer.json      observation / action statistics (required: see normalizer.py)
@@ -28,6 +30,7 @@ from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from genrl.errors import CheckpointError, ConfigError
 from genrl.models.scheduled_model import ScheduledModel
+from genrl.models.consistency_head import ConsistencyHead, HeadedNetwork
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.models.temporal_unet import TemporalUnet1D
 from genrl.policies.diffusion.normalizer import Normalizer
@@ -96,6 +99,9 @@ class DiffusionPolicy(ScheduledModel):
             self.network.finetuned.save_pretrained(directory / "unet")
             self.network.base.save_pretrained(directory / "base_unet")
             policy_config["finetuned_below_timestep"] = self.network.switch_timestep
+        elif isinstance(self.network, HeadedNetwork):  # a consistency head on the teacher's frozen trunk
+            self.network.trunk.save_pretrained(directory / "unet")
+            self.network.head.save_pretrained(directory / "consistency_head")
         else:
             self.network.save_pretrained(directory / "unet")
             policy_config.pop("finetuned_below_timestep", None)
@@ -119,6 +125,8 @@ class DiffusionPolicy(ScheduledModel):
             if (directory / "base_unet").is_dir():  # fine-tuned late steps, frozen early ones
                 base = TemporalUnet1D.from_pretrained(directory / "base_unet")
                 network = StepRoutedNetwork(base, network, policy_config["finetuned_below_timestep"])
+            if (directory / "consistency_head").is_dir():  # a light student on the teacher's trunk
+                network = HeadedNetwork(network, ConsistencyHead.from_pretrained(directory / "consistency_head"))
             scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
             scheduler = SCHEDULERS[scheduler_config["_class_name"]].from_pretrained(directory / "scheduler")
         except (OSError, ValueError, RuntimeError, KeyError) as error:
