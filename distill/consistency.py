@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from genrl.errors import ConfigError
+from genrl.models.consistency_head import ConsistencyHead, HeadedNetwork
+from genrl.models.temporal_unet import TemporalUnet1D
+from genrl.pretraining.loop import TrainedModules
 from genrl.samplers.consistency import consistency_x0
 
 
@@ -97,14 +100,23 @@ class ConsistencyDistiller:
                               f"the teacher is a {teacher_model.family} model")
         self.method = method
         self.teacher_denoiser = teacher_model.denoiser
+        if method.student == "head" and not isinstance(teacher_model.network, TemporalUnet1D):
+            raise ConfigError("method.student 'head' needs a Diffusion Policy teacher (a temporal UNet trunk); "
+                              "use method.student 'full' for an image model")
         self.teacher = teacher_modules.eval().requires_grad_(False)
-        self.target = copy.deepcopy(teacher_modules).eval().requires_grad_(False)
+        self.target = None  # made with the student: the same architecture, an EMA of its weights
         self.grid = distillation_grid(teacher_model.num_train_timesteps, method.num_intervals)
         self.student_denoiser = None
 
     def make_student(self, teacher_model):
+        """The full student: the teacher's network, read as x0. The head: the teacher's network frozen as a
+        trunk under a new light head (only the head trains)."""
         student = as_x0_student(teacher_model)
+        if self.method.student == "head":
+            student.network = HeadedNetwork(student.network, ConsistencyHead.for_trunk(student.network, self.method.head_channels))
+            student._attach_denoiser(clip_sample=student.scheduler.config.get("clip_sample", False))  # sample the new network
         self.student_denoiser = student.denoiser
+        self.target = copy.deepcopy(TrainedModules.of(student)).eval().requires_grad_(False)
         return student
 
     def loss(self, student, clean: torch.Tensor, condition: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -119,5 +131,10 @@ class ConsistencyDistiller:
         for mine, theirs in zip(self.target.parameters(), student.parameters()):
             mine.lerp_(theirs.detach(), 1 - decay)
 
+    def checkpointed(self) -> tuple:
+        """Saved with each checkpoint beside the student and its optimizer (resume restores them)."""
+        return (self.target,)
+
     def student_constants(self) -> dict:
-        return {"method": "consistency", "t_min": int(self.grid[0]), "sigma_data": self.method.sigma_data}
+        return {"method": "consistency", "t_min": int(self.grid[0]), "sigma_data": self.method.sigma_data,
+                "student": self.method.student}

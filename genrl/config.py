@@ -30,8 +30,9 @@ MixedPrecision = Annotated[Literal["no", "fp16", "bf16"], BeforeValidator(lambda
 # ================================================================ shared sections
 class SamplerConfig(Section):
     # ddim / ddpm for diffusion models; flow_sde for flow-matching models (noise_level 0 = Euler ODE);
-    # consistency for a consistency student (`genrl distill`), num_steps its 1-3 calls
-    kind: Literal["ddim", "ddpm", "flow_sde", "consistency"] = "ddim"
+    # consistency for a consistency student (`genrl distill`), num_steps its 1-3 calls; onedp for a OneDP
+    # student (one call, num_steps 1); piflow for a pi-Flow student (num_steps = its NFE, 1-4)
+    kind: Literal["ddim", "ddpm", "flow_sde", "consistency", "onedp", "piflow"] = "ddim"
     num_steps: int = Field(20, ge=1)
     eta: float = Field(1.0, ge=0.0)  # DDIM only: 0 deterministic, 1 DDPM-like variance (DDPO)
     noise_level: float = Field(0.7, ge=0.0)  # flow_sde only: the SDE's a (Flow-GRPO uses 0.7)
@@ -401,6 +402,53 @@ class ConsistencyMethod(Section):
     target_ema_decay: float = Field(0.95, ge=0, lt=1)  # the target network's EMA of the student (0: the student, detached)
     sigma_data: float = Field(0.5, gt=0)
     dsm_weight: float = Field(1.0, ge=0)  # weight of the data-denoising term ||f(x_t, t) - x0||^2 (Consistency Policy's DSM)
+    # "full": the whole network trains (warm-started from the teacher); "head" (policies): the teacher's
+    # network stays frozen as a trunk and only a light head on its features trains (RL-100 style)
+    student: Literal["full", "head"] = "full"
+    head_channels: int = Field(64, ge=8)  # width of the head's two FiLM residual blocks
+
+
+class PiFlowMethod(Section):
+    """pi-Flow (distill/piflow.py; the policies in genrl/samplers/piflow.py): per segment ONE student call
+    outputs a network-free policy (velocity at any later state), integrated by cheap Euler sub-steps;
+    trained by imitation (pi-ID) of the teacher's velocity along the policy's own rollout. Image
+    teachers (flow or DDPM-style, the latter through its flow view); warm-started from the teacher."""
+
+    kind: Literal["piflow"] = "piflow"
+    # gmm: a Gaussian mixture over x0 per pixel, velocity from its closed-form posterior mean (GMFlow);
+    # dx: a grid of x0 predictions across the segment, interpolated in time
+    policy: Literal["gmm", "dx"] = "gmm"
+    num_components: int = Field(8, ge=1)  # GMM: K (the paper: 32 ImageNet, 8 FLUX); more fits multi-modal x0
+    dx_grid: int = Field(10, ge=1)  # DX: N x0 predictions per segment (the paper's FLUX DX: 10)
+    # segments = student calls the student is trained for (sampler.num_steps should match); a few-step method
+    nfe: Literal[1, 2, 4] = 4
+    final_step_size_scale: float = Field(0.5, gt=0, le=1)  # the last segment's length relative to the others
+    substeps: int = Field(128, ge=1)  # Euler sub-steps of the policy per unit of raw time (the reference: 128)
+    num_intermediate_states: int = Field(2, ge=1)  # teacher queries per segment along the rollout (ImageNet 2, FLUX 4)
+    gm_dropout: float = Field(0.05, ge=0, lt=1)  # GMM: components dropped from the training rollout (wider coverage)
+    teacher_guidance_scale: float = Field(1.0, ge=0)  # CFG on the teacher only (1: off); the student is unguided
+    shift: float | None = Field(None, gt=0)  # time warp of the segments and sub-steps (None: the teacher's flow shift, else 1)
+
+
+class OneDPMethod(Section):
+    """OneDP (distill/onedp.py): a one-call generator, a copy of the teacher policy, trained to match the
+    teacher's action distribution (reverse KL along the diffusion chain). Timesteps are on the paper's
+    100-step scale and scaled to the teacher's schedule (k * T / 100)."""
+
+    kind: Literal["onedp"] = "onedp"
+    # stochastic (OneDP-S): noise in, an auxiliary score network tracks the generator's distribution;
+    # deterministic (OneDP-D): no noise (z = 0), no auxiliary network
+    variant: Literal["stochastic", "deterministic"] = "stochastic"
+    k_init: int = Field(65, ge=0, le=99)  # the fixed timestep the generator is called at (the paper's 65)
+    k_min: int = Field(2, ge=0, le=99)  # range the generator's actions are diffused over (the paper's [2, 95]):
+    k_max: int = Field(95, ge=0, le=99)  # tiny and near-pure-noise timesteps carry no useful gradient
+    aux_learning_rate: float = Field(2e-5, gt=0)  # OneDP-S: the auxiliary network's Adam (betas 0, 0.999), the paper's 2e-5
+
+    @model_validator(mode="after")
+    def _k_range(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
 
 
 class DistillEvalConfig(Section):
@@ -420,7 +468,9 @@ class DistillConfig(Section):
     output_dir: str = "runs/distill"
     resume: bool = False
     teacher: ModelConfig = ModelConfig()
-    method: Annotated[Union[Annotated[ConsistencyMethod, Tag("consistency")]], _kind_or("consistency")] = ConsistencyMethod()
+    method: Annotated[Union[Annotated[ConsistencyMethod, Tag("consistency")], Annotated[OneDPMethod, Tag("onedp")],
+                            Annotated[PiFlowMethod, Tag("piflow")]],
+                      _kind_or("consistency")] = ConsistencyMethod()
     data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")]],
                     _kind_or("shapes")] = ShapesData()
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4, weight_decay=0.0)
@@ -434,6 +484,12 @@ class DistillConfig(Section):
     keep_checkpoints: int | None = Field(3, ge=1)
     eval: DistillEvalConfig = DistillEvalConfig()
     mixed_precision: MixedPrecision = "no"
+
+    @model_validator(mode="after")
+    def _onedp_is_one_call(self):
+        if self.method.kind == "onedp" and self.eval.num_steps != 1:  # refused before training, not after it
+            raise ValueError(f"method.kind onedp makes a one-call student: eval.num_steps must be 1, got {self.eval.num_steps}")
+        return self
 
 
 # ================================================================ genrl eval / genrl collect
@@ -500,8 +556,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-UNION_SECTIONS = ("rollout", "data", "model")
-UNION_TAGS = ("prompts", "env", "shapes", "demonstrations", "prompt_diffusion", "diffusion_policy")
+UNION_SECTIONS = ("rollout", "data", "model", "method")
+UNION_TAGS = ("prompts", "env", "shapes", "demonstrations", "prompt_diffusion", "diffusion_policy", "consistency", "onedp",
+              "piflow")
 
 
 def _first_error(error: pydantic.ValidationError) -> str:

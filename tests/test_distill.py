@@ -110,7 +110,7 @@ def test_distill_cli_makes_a_one_call_student_closer_to_the_teacher(tiny_policy_
         assert (out / path).exists(), path
     teacher = DiffusionPolicy.from_pretrained(tiny_policy_dir).eval()
     student = DiffusionPolicy.from_pretrained(out / "model").eval()
-    assert student.distilled == {"method": "consistency", "t_min": 0, "sigma_data": 0.5}
+    assert student.distilled == {"method": "consistency", "t_min": 0, "sigma_data": 0.5, "student": "full"}
     assert (student.normalizer.action.scale == teacher.normalizer.action.scale).all()
     losses = [r["consistency_loss"] for r in read_metrics(out / "metrics.jsonl") if "consistency_loss" in r]
     assert losses[-1] < 0.8 * losses[0]
@@ -160,7 +160,7 @@ def test_distill_an_image_model_and_sample_the_student(tiny_model_dir, tmp_path)
                    "max_steps=6", "batch_size=4", "warmup_steps=1", "checkpoint_every=3", "log_every=3",
                    "eval.num_samples=4") == 0
     student = load_model(out / "model")
-    assert student.distilled == {"method": "consistency", "t_min": 0, "sigma_data": 0.5}
+    assert student.distilled == {"method": "consistency", "t_min": 0, "sigma_data": 0.5, "student": "full"}
     assert student.denoiser.prediction_type == "sample"
     summary = json.loads((out / "eval.json").read_text())
     assert 0 <= summary["eval_shapes_alignment"] <= 1
@@ -184,3 +184,33 @@ def test_distill_resumes_exactly_from_its_last_checkpoint(tiny_policy_dir, umaze
     for a, b in zip(finished.network.parameters(), resumed.network.parameters()):
         assert torch.equal(a, b)
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_consistency_head_trains_only_a_light_head_on_the_frozen_teacher(tiny_policy_dir, umaze_demos, tmp_path):
+    """`method.student: head`: the saved student's trunk is the teacher's network bit for bit, only the head
+    (a small fraction of the weights) changed; it reloads with the same outputs, samples through its
+    head (not a stale copy of the teacher), and moves towards the teacher's ODE like the full student."""
+    out = tmp_path / "run"
+    args = ["configs/distill/consistency_pointmaze_umaze.yaml", f"teacher.path={tiny_policy_dir}", f"data.path={umaze_demos}",
+            f"output_dir={out}", "method.student=head", "method.head_channels=16", "method.num_intervals=6", "method.dsm_weight=0",
+            "max_steps=300", "batch_size=32", "warmup_steps=10", "optimizer.learning_rate=1e-3", "ema_decay=0.9",
+            "checkpoint_every=300", "log_every=50", "eval.skip=true"]
+    assert run_cli("distill", *args) == 0
+    teacher = DiffusionPolicy.from_pretrained(tiny_policy_dir).eval()
+    student = DiffusionPolicy.from_pretrained(out / "model").eval()
+    assert student.distilled["student"] == "head"
+    for mine, theirs in zip(student.network.trunk.parameters(), teacher.network.parameters()):
+        assert torch.equal(mine, theirs)
+    head_size = sum(p.numel() for p in student.network.head.parameters())
+    assert head_size < 0.5 * sum(p.numel() for p in teacher.network.parameters())
+    # the sampler calls the head: the student's denoiser output is the head's x0, not the trunk's eps
+    x, t = torch.randn(3, *teacher.sample_shape), torch.full((3,), 50)
+    condition = teacher.condition(torch.randn(3, teacher.n_obs_steps, teacher.obs_dim))
+    with torch.no_grad():
+        assert torch.equal(student.denoiser.model_output(x, t, condition), student.network(x, t, **condition).sample)
+        assert not torch.allclose(student.network(x, t, **condition).sample, teacher.network(x, t, **condition).sample)
+    _, condition = DemonstrationWindows(load_demonstrations(umaze_demos), teacher, 64, "cpu").sample(np.random.default_rng(0), "cpu")
+    untrained = as_x0_student(teacher)
+    assert one_step_error(student, teacher, condition) < 0.85 * one_step_error(untrained, teacher, condition)
+    # an image teacher has no temporal trunk for the head
+    assert run_cli("distill", "configs/distill/consistency_shapes.yaml", "method.student=head", f"output_dir={tmp_path / 'x'}") == 2

@@ -16,6 +16,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from distill.consistency import ConsistencyDistiller
+from distill.onedp import OneDPDistiller
+from distill.piflow import PiFlowDistiller
 from genrl.config import DemonstrationData, DistillConfig, SamplerConfig
 from genrl.errors import ConfigError
 from genrl.models.loading import load_model
@@ -24,7 +26,7 @@ from genrl.pretraining.data import load_data, make_batches
 from genrl.pretraining.loop import TrainedModules, fit, save_and_evaluate
 from genrl.run_dir import prepare_output_dir
 
-DISTILLERS = {"consistency": ConsistencyDistiller}
+DISTILLERS = {"consistency": ConsistencyDistiller, "onedp": OneDPDistiller, "piflow": PiFlowDistiller}
 
 
 def load_teacher(path: str):
@@ -47,12 +49,11 @@ def run(config: DistillConfig) -> dict:
     set_seed(config.seed)
     teacher.to(accelerator.device).eval()
     distiller = DISTILLERS[config.method.kind](config.method, teacher, TrainedModules.of(copy.deepcopy(teacher)))
-    student = distiller.make_student(teacher)
-    student.requires_grad_(True)
+    student = distiller.make_student(teacher)  # its trainable parameters are the distiller's choice (a head freezes its trunk)
     output_dir = prepare_output_dir(config, accelerator)
     batches = make_batches(config, student, demos, accelerator.device)
     final, log = fit(config, accelerator, student, batches, distiller.loss, output_dir, "distill",
-                     after_step=distiller.after_step, checkpointed=(distiller.target,))
+                     after_step=distiller.after_step, checkpointed=distiller.checkpointed())
     if is_policy:
         final.policy_config["distilled"] = distiller.student_constants()
     else:

@@ -4,7 +4,7 @@ RL-100 (Lei et al. 2025) serves its robot policy as a one-step consistency model
 diffusion policy's observation encoder. Here the shared part is the teacher's whole temporal UNet
 up to its output layers (`TemporalUnet1D.features`): its features of the noisy chunk and its FiLM
 condition (timestep embedding + observation history). Only the head trains: two FiLM residual
-blocks on [trunk features, noisy chunk] and a 1x1 output convolution, about 7% of the PushT
+blocks on [trunk features, noisy chunk] and a 1x1 output convolution, about 9% of the PushT
 teacher's parameters. One student call is one trunk pass plus the head, so the latency stays
 that of one network call, and the teacher's weights are untouched (the trunk can stay shared
 with the multi-step teacher on the robot).

@@ -6,15 +6,21 @@ from genrl.samplers.ddim import DDIMSampler
 from genrl.samplers.ddpm import DDPMSampler
 from genrl.samplers.flow_sde import FlowSDESampler
 from genrl.samplers.gaussian_chain import GaussianChainSampler
+from genrl.samplers.onedp import OneDPSampler
+from genrl.samplers.piflow import PiFlowSampler, build_piflow_sampler
 
-__all__ = ["ConsistencySampler", "DDIMSampler", "DDPMSampler", "FlowSDESampler", "GaussianChainSampler", "build_sampler"]
+__all__ = ["ConsistencySampler", "DDIMSampler", "DDPMSampler", "FlowSDESampler", "GaussianChainSampler", "OneDPSampler", "PiFlowSampler",
+           "build_sampler"]
 
-FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "consistency": "diffusion", "flow_sde": "flow"}
+FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "consistency": "diffusion", "onedp": "diffusion", "flow_sde": "flow",
+                     "piflow": "any"}  # a pi-Flow student of either family samples in its flow view
 
 
 def build_sampler(config, model) -> GaussianChainSampler:
     """Sampler from a `SamplerConfig` for `model` (anything with `family`, `num_train_timesteps`
     and, for flow models, `shift`)."""
+    if config.kind == "piflow":
+        return build_piflow_sampler(config, model)
     if FAMILY_OF_SAMPLER[config.kind] != model.family:
         raise ConfigError(
             f"sampler.kind {config.kind!r} needs a {FAMILY_OF_SAMPLER[config.kind]} model, but the model is a "
@@ -29,6 +35,14 @@ def build_sampler(config, model) -> GaussianChainSampler:
                               "method.kind consistency); this model is not one")
         return ConsistencySampler(model.num_train_timesteps, config.num_steps, t_min=student["t_min"],
                                   sigma_data=student["sigma_data"])
+    if config.kind == "onedp":
+        student = getattr(model, "distilled", None) or {}
+        if student.get("method") != "onedp":
+            raise ConfigError("sampler.kind 'onedp' needs a OneDP student (made by `genrl distill` with method.kind onedp); "
+                              "this model is not one")
+        if config.num_steps != 1:
+            raise ConfigError(f"sampler.kind 'onedp' samples in one call: sampler.num_steps must be 1, got {config.num_steps}")
+        return OneDPSampler(student["k_init"], stochastic=student["variant"] == "stochastic")
     if config.kind == "ddim":
         sampler = DDIMSampler(model.num_train_timesteps, config.num_steps, eta=config.eta,
                               final_alpha_one=config.final_alpha_one, steps_offset=config.steps_offset)
