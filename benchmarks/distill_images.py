@@ -193,14 +193,14 @@ def _figure(results: list[dict], nfe, key: str) -> list[float]:
 
 
 def build_table() -> str:
-    lines = ["# Few-step students of the Shapes models: distance to data, prompt match, diversity (CPU)", "",
-             "Made by `benchmarks/distill_images.py` (its docstring defines every figure); mean ± std over seeds. "
+    intro = ("Made by `benchmarks/distill_images.py` (its docstring defines every figure); mean ± std over seeds. "
              f"{NUM_PROMPTS} prompts x {PER_PROMPT} samples = {NUM_PROMPTS * PER_PROMPT} samples per row against as "
              f"many real images; real floor (512 other real images): FD {real_floor():.1f}. `vs teacher`: the "
-             "row's FD and diversity relative to its own teacher's 50-step ODE sampler (same seed, prompts and noise).", "",
-             "| run | NFE | seeds | FD | FD vs teacher | prompt match | diversity | div. vs teacher | pixel div. | ms/img | "
-             "train steps | train wall min | train CPU min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "row's FD and diversity relative to its own teacher's 50-step ODE sampler (same seed, prompts and noise).")
+    header = ("| run | NFE | seeds | FD | FD vs teacher | prompt match | diversity | div. vs teacher | pixel div. | ms/img | "
+              "train steps | train wall min | train CPU min |")
+    lines = ["# Few-step students of the Shapes models: distance to data, prompt match, diversity (CPU)", "", intro, "",
+             header, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (recipe, overrides, _, _, nfes) in RUNS.items():
         results = _load(name)
         if not results:
@@ -220,10 +220,11 @@ def build_table() -> str:
                          f"{_mean_spread(_figure(results, nfe, 'ms_per_image'), 1)} | {_mean_spread(steps, 0) if steps else '-'} | "
                          f"{_mean_spread(wall, 1) if wall else '-'} | "
                          f"{_mean_spread(cpu, 1) if cpu else '-'} |")
-    lines += ["", "Notes: the teacher's few-step rows use the toolkit's flow ODE grid (diffusers' FlowMatchEuler: n steps "
-              "from sigma 1 to 1/1000, then to 0), so its 2-step row is one real step plus a tiny one. `ms/img` and the "
-              "training minutes were measured while other jobs shared the 2 cores (compare them within a row set, not "
-              "across sessions). A run whose `vs teacher` is `-` has no teacher row of the same seed yet."]
+    notes = ("Notes: the teacher's few-step rows use the toolkit's flow ODE grid (diffusers' FlowMatchEuler: n steps "
+             "from sigma 1 to 1/1000, then to 0), so its 2-step row is one real step plus a tiny one. `ms/img` and the "
+             "training minutes were measured while other jobs shared the 2 cores (compare them within a row set, not "
+             "across sessions). A run whose `vs teacher` is `-` has no teacher row of the same seed yet.")
+    lines += ["", notes]
     lines += ["", "## Commands (`seed=S` for S in the seeds; each run's own command line is in its result file)", ""]
     for name, (recipe, overrides, model_path, sampler_kind, nfes) in RUNS.items():
         if not _load(name):

@@ -166,7 +166,7 @@ def test_ddpm_teacher_flow_view_steps_exactly_like_ddim(tiny_model_dir):
     ddim = DDIMSampler(model.num_train_timesteps, num_steps=5, eta=0.0)
     t, t_prev = ddim.step_pairs[1]
     a, a_prev = denoiser.alphas(torch.zeros(1))[[t, t_prev]].double()
-    flow_sigma = lambda ab: (1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())  # noqa: E731
+    flow_sigma = lambda ab: (1 - ab).sqrt() / (ab.sqrt() + (1 - ab).sqrt())
     sigma, sigma_prev = flow_sigma(a), flow_sigma(a_prev)
     x_vp = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(6))
     x = x_vp / (a.sqrt() + (1 - a).sqrt()).float()
