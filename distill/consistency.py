@@ -84,8 +84,7 @@ def as_x0_student(teacher_model):
     now read as x0 (and trained to be)."""
     student = copy.deepcopy(teacher_model)
     scheduler = type(student.scheduler).from_config(student.scheduler.config, prediction_type="sample")
-    student.scheduler = scheduler
-    student._attach_denoiser(clip_sample=scheduler.config.get("clip_sample", False))
+    student.scheduler = scheduler  # re-attaches the denoiser, which now reads the output as x0
     return student
 
 
@@ -114,7 +113,6 @@ class ConsistencyDistiller:
         student = as_x0_student(teacher_model)
         if self.method.student == "head":
             student.network = HeadedNetwork(student.network, ConsistencyHead.for_trunk(student.network, self.method.head_channels))
-            student._attach_denoiser(clip_sample=student.scheduler.config.get("clip_sample", False))  # sample the new network
         self.student_denoiser = student.denoiser
         self.target = copy.deepcopy(TrainedModules.of(student)).eval().requires_grad_(False)
         return student

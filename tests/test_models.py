@@ -1,5 +1,6 @@
 """Denoiser networks and the saved model format."""
 
+import copy
 
 import pytest
 import torch
@@ -96,3 +97,12 @@ def test_eval_command_scores_a_model(tiny_model_dir, tmp_path):
     assert record["num_samples"] == 4
     assert 0 <= record["shapes_alignment/prompt_match"] <= 1 and record["jpeg_compressibility/jpeg_kb"] > 0
     assert (out / "samples" / "eval.png").exists()
+
+
+def test_assigning_a_new_network_or_scheduler_reattaches_the_denoiser(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    replacement = copy.deepcopy(model.network)
+    model.network = replacement
+    assert model.denoiser.network is replacement  # sampling runs the network the model now holds
+    model.scheduler = DDPMScheduler.from_config(model.scheduler.config, prediction_type="sample")
+    assert model.denoiser.prediction_type == "sample"

@@ -2,6 +2,8 @@
 
 Subclasses set `network` and `scheduler` and call `_attach_denoiser`; the rest of the
 trainer-facing interface (`family`, `shift`, `num_train_timesteps`, `device`) follows from them.
+Assigning a new `network` or `scheduler` later (a distiller swapping in its student) re-attaches the denoiser, so
+sampling never runs a stale network.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from genrl.flow_denoiser import FlowDenoiser
 class ScheduledModel(torch.nn.Module):
     network: torch.nn.Module
 
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in ("network", "scheduler") and "_denoiser_clip_sample" in self.__dict__:
+            self._attach_denoiser(self._denoiser_clip_sample)
+
     def _attach_denoiser(self, clip_sample: bool) -> None:
+        self._denoiser_clip_sample = clip_sample
         if self.family == "flow":
             self.denoiser = FlowDenoiser(self.network, self.num_train_timesteps)
         else:
