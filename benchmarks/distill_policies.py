@@ -17,14 +17,13 @@ plot benchmarks/results/distill_policies.png (success vs latency, log scale).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from runner import run_measured
+from runner import benchmark_command_line, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "distill_policies"
@@ -244,22 +243,8 @@ def plot() -> Path | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", choices=list(ROWS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--latency", action="store_true")
-    parser.add_argument("--table", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for the distillation runs")
-    args = parser.parse_args()
-    if args.run and not args.table:
-        for seed in args.seeds:
-            run(args.run, seed, args.overrides)
-    if args.latency:
-        measure_latency()
-    table = build_table()
-    (ROOT / "benchmarks" / "results" / "distill_policies.md").write_text(table)
-    plot()
-    print(table)
+    benchmark_command_line(__doc__, list(ROWS), run, build_table, plot, ROOT / "benchmarks" / "results" / "distill_policies.md",
+                           actions={"--latency": ("time every row's seed-0 model (run it on a quiet machine)", measure_latency)})
 
 
 if __name__ == "__main__":

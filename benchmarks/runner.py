@@ -43,18 +43,25 @@ def train_and_measure(recipe: str, output_dir: Path, seed: int, overrides: list[
     return {**measured, "metrics": [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]}
 
 
-def benchmark_command_line(description: str, run_names: list[str], run, build_table, plot, table_path: Path) -> None:
+def benchmark_command_line(description: str, run_names: list[str], run, build_table, plot, table_path: Path,
+                           actions: dict | None = None) -> None:
     """`--run NAME --seeds S ...` runs (finished ones are skipped by `run`), then the table to `table_path`
-    and the plots; `--table` only rebuilds the table and plots from saved results."""
+    and the plots; `--table` only rebuilds the table and plots from saved results. `actions` adds flags of
+    a benchmark's own: {"--flag": (help, function)}, each called after the runs when its flag is given."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", choices=run_names)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--table", action="store_true")
+    for flag, (help_text, _) in (actions or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = parser.parse_args()
     if args.run and not args.table:
         for seed in args.seeds:
             run(args.run, seed, args.overrides)
+    for flag, (_, function) in (actions or {}).items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")):
+            function()
     table = build_table()
     table_path.write_text(table)
     plot()
