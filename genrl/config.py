@@ -493,6 +493,40 @@ class DistillConfig(Section):
 
 
 # ================================================================ genrl eval / genrl collect
+class SketchConfig(Section):
+    """The user input of ITPS steering, per evaluation episode (genrl/guidance/sketch.py)."""
+
+    # detour: a path from the ball through another corridor to the goal, drawn from the episode's seed;
+    # points: `points` for every episode (one point = a click, several = a sketch), in maze coordinates
+    kind: Literal["detour", "points"] = "detour"
+    points: list[tuple[float, float]] | None = None
+    min_extra_cells: int = Field(2, ge=0)  # detour: how many cells longer than the shortest route
+    max_extra_cells: int = Field(6, ge=0)
+    spacing: float = Field(0.05, gt=0)  # the sketch is resampled to points this far apart
+    lookahead: float = Field(0.5, gt=0)  # path length of the sketch the cost looks at past the ball's progress
+
+    @model_validator(mode="after")
+    def _points_given(self):
+        if self.kind == "points" and not self.points:
+            raise ValueError("sketch.kind 'points' needs sketch.points: a list of [x, y] in maze coordinates")
+        if self.min_extra_cells > self.max_extra_cells:
+            raise ValueError(f"sketch.min_extra_cells {self.min_extra_cells} exceeds max_extra_cells {self.max_extra_cells}")
+        return self
+
+
+class ITPSGuidance(Section):
+    """Inference-time policy steering of a frozen Diffusion Policy (genrl/guidance/itps.py)."""
+
+    kind: Literal["itps"] = "itps"
+    method: Literal["unsteered", "output_perturbation", "post_hoc_ranking", "biased_init", "guided", "stochastic"] = "stochastic"
+    scale: float = Field(1.0, ge=0, allow_inf_nan=False)  # guidance strength / gradient step size
+    num_candidates: int = Field(16, ge=1)  # post_hoc_ranking
+    perturb_steps: int = Field(10, ge=1)  # output_perturbation, biased_init
+    init_fraction: float = Field(0.5, ge=0, lt=1)  # biased_init: share of the chain skipped
+    mcmc_steps: int = Field(3, ge=0)  # stochastic: extra re-noise/denoise passes per step
+    sketch: SketchConfig = SketchConfig()
+
+
 class EvalConfig(Section):
     """`genrl eval`: sample a model and score it: images on `rollout.eval_samples` prompts (the reward
     and metric_rewards), or a policy over `rollout.eval` seeded episodes."""
@@ -503,6 +537,7 @@ class EvalConfig(Section):
     sampler: SamplerConfig = SamplerConfig(eta=0.0)
     rollout: Rollout = PromptRollout(eval_samples=256, metric_rewards=["shapes_alignment"])
     batch_size: int = Field(32, ge=1)  # images sampled at once
+    guidance: ITPSGuidance | None = None  # steer a policy's sampling (rollout.kind env)
 
 
 class CollectSection(Section):

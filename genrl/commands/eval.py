@@ -5,6 +5,9 @@ metrics.jsonl and summary.json in `output_dir`.
   with `rollout.reward` and each of `rollout.metric_rewards`; a grid of the first 64 in samples/eval.png.
 - A policy (`rollout.kind: env`): `rollout.eval.num_episodes` seeded episodes in `rollout.env`, with
   `rollout.eval.sampler` (or `sampler` when unset); the first episodes as videos in samples/.
+  With a `guidance:` section (ITPS) the sampling is steered toward each episode's sketch, and the
+  summary adds alignment and wall contacts (per-episode records in episodes.json, a picture of the
+  first rollouts in samples/steered_rollouts.png).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from accelerate import PartialState
 from genrl.config import EvalConfig
 from genrl.errors import ConfigError
 from genrl.evaluation.episodes import evaluate_policy
+from genrl.evaluation.steering import evaluate_steered_policy
 from genrl.evaluation.images import make_prompts, sample_images, score_images
 from genrl.models.loading import load_model
 from genrl.policies.diffusion.modeling_diffusion import MODEL_INDEX, DiffusionPolicy
@@ -66,4 +70,8 @@ def evaluate_policy_model(config: EvalConfig) -> dict:
     policy = DiffusionPolicy.from_pretrained(config.model.path).to(PartialState().device).eval()
     sampler = build_sampler(rollout.eval.sampler or config.sampler, policy)
     output_dir = prepare_output_dir(config)
+    if config.guidance is not None:
+        summary = evaluate_steered_policy(policy, rollout.env, rollout.eval, sampler, config.guidance, output_dir)
+        (output_dir / "episodes.json").write_text(json.dumps(summary.pop("episodes"), indent=1))
+        return summary
     return evaluate_policy(policy, rollout.env, rollout.eval, sampler, output_dir)
