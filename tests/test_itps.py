@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import run_cli
 
+from genrl.envs.pointmaze_expert import free_cells, shortest_cell_path
 from genrl.errors import ConfigError
 from genrl.guidance.alignment import PointMassDynamics, SketchFollower, path_alignment, sketch_cost
 from genrl.guidance.itps import METHODS, Steering, steer
 from genrl.guidance.sketch import check_in_free_space, densify, detour_sketch
-from genrl.envs.pointmaze_expert import free_cells, shortest_cell_path
 from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 from genrl.samplers import ConsistencySampler, DDIMSampler, DDPMSampler
 
@@ -109,7 +109,7 @@ def test_detour_sketch_is_a_longer_free_path_from_ball_to_goal():
     sketch = detour_sketch(maze, start, goal, np.random.default_rng(3))
     assert np.allclose(sketch[0], start) and np.allclose(sketch[-1], goal)
     check_in_free_space(densify(sketch), maze)
-    cell = lambda xy: tuple(int(v) for v in maze.cell_xy_to_rowcol(xy))  # noqa: E731
+    cell = lambda xy: tuple(int(v) for v in maze.cell_xy_to_rowcol(xy))
     direct = shortest_cell_path(free_cells(maze.maze_map), cell(start), cell(goal))
     assert len(sketch) - len(direct) >= 2  # at least two cells more than the way the policy was taught
     assert np.array_equal(sketch, detour_sketch(maze, start, goal, np.random.default_rng(3)))

@@ -3,6 +3,8 @@
 - ITPS (itps.py): six samplers that steer a frozen Diffusion Policy toward a user's point or sketch
   (sketch.py), scored by alignment.py; `genrl eval` runs them with a `guidance:` section
   (configs/eval/itps_pointmaze_medium.yaml).
+- Discrete guidance (discrete.py): D-CFG and D-CBG (exact and first-order) on the reverse steps of the
+  MDLM and UDLM models of genrl/discrete/.
 """
 
 from genrl.guidance.alignment import PointMassDynamics, SketchFollower, path_alignment, sketch_cost
