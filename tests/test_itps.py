@@ -55,12 +55,14 @@ def test_every_steering_method_lowers_the_cost_of_what_the_policy_samples(policy
 
 
 def test_post_hoc_ranking_keeps_the_lowest_cost_candidate(policy):
-    sampler, cost, n = DDIMSampler(20, 4, eta=1.0), _target_cost(0.3), 6
+    targets = torch.tensor([-0.6, -0.3, 0.0, 0.3, 0.6]).reshape(5, 1, 1)  # each row has its own cost, as each env does
+    sampler, n = DDIMSampler(20, 4, eta=1.0), 6
+    cost = lambda chunk: (chunk - targets).square().mean(dim=(1, 2))  # noqa: E731
     chosen = _chunks(policy, sampler, Steering("post_hoc_ranking", num_candidates=n), cost, batch=5)
     condition = policy.condition(torch.zeros(5 * n, policy.n_obs_steps, policy.obs_dim))
     candidates = sampler.sample(policy.denoiser, condition, (5 * n, *policy.sample_shape),
                                 generator=torch.Generator().manual_seed(0)).sample.reshape(5, n, *policy.sample_shape)
-    costs = cost(candidates.flatten(0, 1)).reshape(5, n)
+    costs = torch.stack([cost(candidates[:, i]) for i in range(n)], dim=1)
     assert torch.allclose(cost(chosen), costs.min(dim=1).values)
 
 
@@ -160,3 +162,14 @@ def test_bad_guidance_input_is_a_one_line_error(override, message, tmp_path, cap
                    "sampler.kind=ddim", "sampler.num_steps=2", override)
     error = capsys.readouterr().err.strip()
     assert code != 0 and message in error and len(error.splitlines()) == 1, error
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_steers_real_episodes_through_genrl_eval(method, tmp_path):
+    """Each sampler with the real per-env cost (different sketches per env, candidates, MCMC passes)."""
+    code = run_cli("eval", ITPS_EVAL, f"output_dir={tmp_path}", f"guidance.method={method}", "guidance.scale=50",
+                   "guidance.num_candidates=3", "guidance.mcmc_steps=1", "guidance.perturb_steps=2", "rollout.eval.num_episodes=2",
+                   "rollout.eval.num_envs=2", "rollout.env.max_episode_steps=24", "sampler.kind=ddim", "sampler.num_steps=3")
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["method"] == method and summary["num_episodes"] == 2 and 0 <= summary["wall_contact_rate_mean"] <= 1

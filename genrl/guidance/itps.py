@@ -109,8 +109,9 @@ def steer(steering: Steering, sampler: GaussianChainSampler, denoiser, condition
         n = steering.num_candidates
         repeated = {key: value.repeat_interleave(n, dim=0) for key, value in condition.items()}
         candidates = sampler.sample(denoiser, repeated, (shape[0] * n, *shape[1:]), generator=generator).sample
-        best = cost(candidates).reshape(shape[0], n).argmin(dim=1)
-        return candidates.reshape(shape[0], n, *shape[1:])[torch.arange(shape[0]), best]
+        candidates = candidates.reshape(shape[0], n, *shape[1:])
+        costs = torch.stack([cost(candidates[:, i]) for i in range(n)], dim=1)  # the cost scores one chunk per row
+        return candidates[torch.arange(shape[0]), costs.argmin(dim=1)]
     if method == "biased_init":
         target = _descend(cost, torch.zeros(shape, device=next(denoiser.parameters()).device), steering.scale, steering.perturb_steps)
         first = int(round(steering.init_fraction * sampler.num_steps))
