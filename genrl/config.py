@@ -322,6 +322,45 @@ class DemonstrationData(Section):
     max_episodes: int | None = Field(None, ge=1)  # train on the first N episodes only (None: all)
 
 
+class TokenShapesData(Section):
+    """Single-object Shapes scenes as token grids (8 tokens), labelled by the object's position (9 classes)."""
+
+    kind: Literal["token_shapes"] = "token_shapes"
+    grid: int = Field(8, ge=4)
+    condition_dropout: float = Field(0.1, ge=0.0, le=1.0)  # labels dropped to the null class (denoisers only)
+
+
+class MarkovSequenceData(Section):
+    """Token sequences whose class is a fixed sparse transition matrix (a "grammar")."""
+
+    kind: Literal["markov_sequences"] = "markov_sequences"
+    length: int = Field(32, ge=2)
+    vocab_size: int = Field(8, ge=3)
+    num_classes: int = Field(4, ge=2)
+    world_seed: int = 0  # which grammars
+    condition_dropout: float = Field(0.1, ge=0.0, le=1.0)
+
+
+class DiscreteDiffusionConfig(Section):
+    """A discrete denoiser (genrl/discrete/): MDLM (masking noise) or UDLM (uniform noise), class-conditional."""
+
+    kind: Literal["discrete_diffusion"] = "discrete_diffusion"
+    process: Literal["mdlm", "udlm"] = "mdlm"
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+
+
+class TokenClassifierConfig(Section):
+    """A classifier of token sequences: of an MDLM's or UDLM's noisy tokens (D-CBG), or of clean ones ("none")."""
+
+    kind: Literal["token_classifier"] = "token_classifier"
+    noise: Literal["mdlm", "udlm", "none"] = "none"
+    hidden: int = Field(128, ge=8)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+
+
 class NetworkConfig(Section):
     kind: Literal["unet2d", "unet2d_condition", "dit"] = "unet2d_condition"
     config: dict[str, Any] = {}
@@ -367,10 +406,13 @@ class PretrainConfig(Section):
     seed: int = 0
     output_dir: str = "runs/pretrain"
     resume: bool = False
-    data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")]],
+    data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")],
+                          Annotated[TokenShapesData, Tag("token_shapes")], Annotated[MarkovSequenceData, Tag("markov_sequences")]],
                     _kind_or("shapes")] = ShapesData()
     model: Annotated[Union[Annotated[PromptModelConfig, Tag("prompt_diffusion")],
-                           Annotated[DiffusionPolicyConfig, Tag("diffusion_policy")]], _kind_or("prompt_diffusion")] = PromptModelConfig()
+                           Annotated[DiffusionPolicyConfig, Tag("diffusion_policy")],
+                           Annotated[DiscreteDiffusionConfig, Tag("discrete_diffusion")],
+                           Annotated[TokenClassifierConfig, Tag("token_classifier")]], _kind_or("prompt_diffusion")] = PromptModelConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, weight_decay=0.0)
     max_steps: int = Field(5000, ge=1)
@@ -386,9 +428,12 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _model_fits_data(self):
-        expected = {"shapes": "prompt_diffusion", "demonstrations": "diffusion_policy"}[self.data.kind]
-        if self.model.kind != expected:
-            raise ValueError(f"data kind {self.data.kind!r} trains a model of kind {expected!r}, not {self.model.kind!r}")
+        tokens = ("discrete_diffusion", "token_classifier")
+        expected = {"shapes": ("prompt_diffusion",), "demonstrations": ("diffusion_policy",), "token_shapes": tokens,
+                    "markov_sequences": tokens}[self.data.kind]
+        if self.model.kind not in expected:
+            raise ValueError(f"data kind {self.data.kind!r} trains a model of kind {' or '.join(map(repr, expected))}, "
+                             f"not {self.model.kind!r}")
         return self
 
 

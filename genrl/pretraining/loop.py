@@ -87,6 +87,10 @@ class TrainedModules(torch.nn.Module):
 
 
 def pretrain(config: PretrainConfig) -> dict:
+    if config.data.kind in ("token_shapes", "markov_sequences"):  # discrete diffusion and its classifiers
+        from genrl.discrete.pretrain import pretrain_discrete
+
+        return pretrain_discrete(config)
     demos = load_data(config)  # a missing or broken dataset fails before anything is written
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=config.output_dir)
     set_seed(config.seed)
