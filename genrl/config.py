@@ -572,6 +572,36 @@ class ITPSGuidance(Section):
     sketch: SketchConfig = SketchConfig()
 
 
+class DiscreteGuidanceConfig(Section):
+    """D-CFG / D-CBG for a discrete model (genrl/guidance/discrete.py)."""
+
+    kind: Literal["discrete"] = "discrete"
+    method: Literal["cfg", "cbg"] = "cfg"
+    gamma: float = Field(1.0, ge=0, allow_inf_nan=False)  # 0: the unconditional model
+    classifier_path: str | None = None  # cbg: a token classifier trained on the model's noisy tokens
+    first_order: bool = True  # cbg: one gradient instead of L x K classifier rows per sample
+
+    @model_validator(mode="after")
+    def _classifier_given(self):
+        if self.method == "cbg" and not self.classifier_path:
+            raise ValueError("guidance.method 'cbg' needs guidance.classifier_path (a token classifier of the model's noisy tokens)")
+        return self
+
+
+class TokensRollout(Section):
+    """A discrete model: `samples_per_class` samples of every class in `num_steps` steps, read back by
+    `reader_path` (a clean token classifier) into the class hit rate."""
+
+    kind: Literal["tokens"] = "tokens"
+    samples_per_class: int = Field(16, ge=1)
+    num_steps: int = Field(32, ge=1)
+    reader_path: str | None = None
+
+
+EvalRollout = Annotated[Union[Annotated[PromptRollout, Tag("prompts")], Annotated[EnvRollout, Tag("env")],
+                              Annotated[TokensRollout, Tag("tokens")]], _kind_or("prompts")]
+
+
 class EvalConfig(Section):
     """`genrl eval`: sample a model and score it: images on `rollout.eval_samples` prompts (the reward
     and metric_rewards), or a policy over `rollout.eval` seeded episodes."""
@@ -580,9 +610,19 @@ class EvalConfig(Section):
     output_dir: str = "runs/eval"
     model: ModelConfig = ModelConfig()
     sampler: SamplerConfig = SamplerConfig(eta=0.0)
-    rollout: Rollout = PromptRollout(eval_samples=256, metric_rewards=["shapes_alignment"])
+    rollout: EvalRollout = PromptRollout(eval_samples=256, metric_rewards=["shapes_alignment"])
     batch_size: int = Field(32, ge=1)  # images sampled at once
-    guidance: ITPSGuidance | None = None  # steer a policy's sampling (rollout.kind env)
+    # steer sampling: ITPS for a policy (rollout.kind env), D-CFG / D-CBG for a discrete model (rollout.kind tokens)
+    guidance: Annotated[Union[Annotated[ITPSGuidance, Tag("itps")], Annotated[DiscreteGuidanceConfig, Tag("discrete")]],
+                        _kind_or("itps")] | None = None
+
+    @model_validator(mode="after")
+    def _guidance_fits_rollout(self):
+        wanted = {"itps": "env", "discrete": "tokens"}
+        if self.guidance is not None and wanted[self.guidance.kind] != self.rollout.kind:
+            raise ValueError(f"guidance.kind {self.guidance.kind!r} steers a rollout.kind {wanted[self.guidance.kind]!r} "
+                             f"evaluation, not {self.rollout.kind!r}")
+        return self
 
 
 class CollectSection(Section):
@@ -636,9 +676,9 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return parsed
 
 
-UNION_SECTIONS = ("rollout", "data", "model", "method")
-UNION_TAGS = ("prompts", "env", "shapes", "demonstrations", "prompt_diffusion", "diffusion_policy", "consistency", "onedp",
-              "piflow")
+UNION_SECTIONS = ("rollout", "data", "model", "method", "guidance")
+UNION_TAGS = ("prompts", "env", "tokens", "shapes", "demonstrations", "token_shapes", "markov_sequences", "prompt_diffusion",
+              "diffusion_policy", "discrete_diffusion", "token_classifier", "consistency", "onedp", "piflow", "itps", "discrete")
 
 
 def _first_error(error: pydantic.ValidationError) -> str:

@@ -227,3 +227,31 @@ def test_genrl_pretrain_trains_discrete_models_and_they_round_trip(recipe, model
     inputs = torch.nn.functional.one_hot(tokens, model.num_tokens).float() if model.kind == "classifier" else tokens
     labels = None if model.kind == "classifier" else torch.tensor([0, 4])
     assert torch.equal(model(inputs, t, labels), again(inputs, t, labels))
+
+
+def test_genrl_eval_samples_a_discrete_model_with_guidance_and_reads_the_class(tmp_path, capsys):
+    from conftest import run_cli
+
+    _tiny("mdlm").save_pretrained(tmp_path / "mdlm")
+    _tiny("classifier", noise="mdlm").save_pretrained(tmp_path / "cbg")
+    _tiny("classifier").save_pretrained(tmp_path / "reader")
+    _tiny("classifier", classes=4, noise="mdlm").save_pretrained(tmp_path / "other")
+    common = ["rollout.kind=tokens", f"model.path={tmp_path / 'mdlm'}", f"rollout.reader_path={tmp_path / 'reader'}",
+              "rollout.samples_per_class=4", "rollout.num_steps=4"]
+    for method in ("cfg", "cbg"):
+        out = tmp_path / f"eval_{method}"
+        code = run_cli("eval", "configs/eval/discrete_shapes.yaml", f"output_dir={out}", *common, f"guidance.method={method}",
+                       f"guidance.classifier_path={tmp_path / 'cbg'}", "guidance.gamma=2")
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["num_samples"] == 12 and 0 <= summary["class_hit"] <= 1
+        assert (out / "samples" / "eval.txt").read_text().count("class ") == 12
+    capsys.readouterr()
+    bad = {"guidance.classifier_path=" + str(tmp_path / "other"): "classes", "guidance.gamma=-2": "gamma",
+           "guidance={kind: itps}": "guidance.kind 'itps' steers a rollout.kind 'env'"}
+    for override, message in bad.items():
+        code = run_cli("eval", "configs/eval/discrete_shapes.yaml", f"output_dir={tmp_path / 'bad'}", *common, "guidance.method=cbg",
+                       f"guidance.classifier_path={tmp_path / 'cbg'}", override)
+        error = capsys.readouterr().err.strip()
+        assert code != 0 and message in error and len(error.splitlines()) == 1, error
+        assert not (tmp_path / "bad").exists()

@@ -8,6 +8,9 @@ metrics.jsonl and summary.json in `output_dir`.
   With a `guidance:` section (ITPS) the sampling is steered toward each episode's sketch, and the
   summary adds alignment and wall contacts (per-episode records in episodes.json, a picture of the
   first rollouts in samples/steered_rollouts.png).
+- A discrete model (`rollout.kind: tokens`): samples of every class, optionally guided (`guidance.kind:
+  discrete`, D-CFG or D-CBG), the class hit rate read by `rollout.reader_path`, and the samples in
+  samples/eval.png (token grids) or samples/eval.txt (sequences).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from rewards import check_reward_config, get_reward
 
 
 def run(config: EvalConfig) -> dict:
-    evaluate = evaluate_policy_model if config.rollout.kind == "env" else evaluate_image_model
+    evaluate = {"env": evaluate_policy_model, "tokens": evaluate_discrete_model}.get(config.rollout.kind, evaluate_image_model)
     summary = {"model_path": config.model.path, **evaluate(config)}
     output_dir = Path(config.output_dir)
     MetricsLog(output_dir / "metrics.jsonl").write({"step": 0, **summary})
@@ -75,3 +78,42 @@ def evaluate_policy_model(config: EvalConfig) -> dict:
         (output_dir / "episodes.json").write_text(json.dumps(summary.pop("episodes"), indent=1))
         return summary
     return evaluate_policy(policy, rollout.env, rollout.eval, sampler, output_dir)
+
+
+def evaluate_discrete_model(config: EvalConfig) -> dict:
+    import torch
+
+    from genrl.discrete.data import token_picture
+    from genrl.discrete.model import DiscreteModel
+    from genrl.discrete.sampling import DiscreteGuidance, check_guidance, classify, sample_tokens
+
+    rollout, spec = config.rollout, config.guidance
+    model = DiscreteModel.from_pretrained(config.model.path)
+    reader = DiscreteModel.from_pretrained(rollout.reader_path) if rollout.reader_path else None
+    guidance = None
+    if spec is not None:
+        classifier = DiscreteModel.from_pretrained(spec.classifier_path) if spec.classifier_path else None
+        guidance = DiscreteGuidance(spec.method, spec.gamma, classifier, spec.first_order)
+    check_guidance(model, guidance)  # a classifier for other classes fails before output_dir is made
+    if reader is not None and (reader.kind != "classifier" or reader.noise is not None or reader.num_classes != model.num_classes):
+        raise ConfigError(f"rollout.reader_path {rollout.reader_path} is not a clean token classifier of the model's "
+                          f"{model.num_classes} classes")
+    output_dir = prepare_output_dir(config)
+    labels = torch.arange(model.num_classes).repeat_interleave(rollout.samples_per_class)
+    tokens = sample_tokens(model, labels, rollout.num_steps, torch.Generator().manual_seed(config.seed), guidance)
+    summary = {"num_samples": len(labels), "num_steps": rollout.num_steps}
+    if reader is not None:
+        hits = (classify(reader, tokens) == labels).float()
+        summary.update(class_hit=float(hits.mean()), class_hit_stderr=float(hits.std() / len(hits) ** 0.5))
+    (output_dir / "samples").mkdir(parents=True, exist_ok=True)
+    if model.domain.get("domain") == "token_shapes":
+        grid = model.domain["grid"]
+        pictures = token_picture(tokens, grid).reshape(model.num_classes, rollout.samples_per_class, grid, grid, 3)
+        from PIL import Image
+
+        rows = np.concatenate(np.concatenate(pictures[:, :8], axis=2), axis=0)  # one row per class, 8 samples each
+        Image.fromarray(rows).resize((rows.shape[1] * 8, rows.shape[0] * 8), Image.NEAREST).save(output_dir / "samples" / "eval.png")
+    else:
+        lines = [f"class {int(c)}: " + " ".join(map(str, row.tolist())) for c, row in zip(labels, tokens)]
+        (output_dir / "samples" / "eval.txt").write_text("\n".join(lines) + "\n")
+    return summary
