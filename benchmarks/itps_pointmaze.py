@@ -37,8 +37,10 @@ TUNING_EPISODES = 10
 TUNING_SEED = 200_000
 VIOLATION_MARGIN = 0.05  # 5 points of wall-contact rate
 METHODS = ("unsteered", "output_perturbation", "post_hoc_ranking", "biased_init", "guided", "stochastic")
-SCALES = {"unsteered": [0.0], "post_hoc_ranking": [0.0], "output_perturbation": [100.0, 300.0, 1000.0],
-          "biased_init": [100.0, 300.0, 1000.0], "guided": [30.0, 100.0, 300.0], "stochastic": [30.0, 100.0, 300.0]}
+# Each grid brackets its best value on the tuning episodes (extended where the first grid's best sat at an end).
+SCALES = {"unsteered": [0.0], "post_hoc_ranking": [0.0], "output_perturbation": [30.0, 100.0, 300.0, 1000.0],
+          "biased_init": [100.0, 300.0, 1000.0, 3000.0], "guided": [30.0, 100.0, 300.0, 1000.0],
+          "stochastic": [30.0, 100.0, 300.0, 1000.0]}
 
 
 def _eval(output_dir: Path, method: str, scale: float, episodes: int, episode_seed: int, seed: int) -> dict:
