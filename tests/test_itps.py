@@ -173,3 +173,15 @@ def test_every_method_steers_real_episodes_through_genrl_eval(method, tmp_path):
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["method"] == method and summary["num_episodes"] == 2 and 0 <= summary["wall_contact_rate_mean"] <= 1
+
+
+def test_a_point_input_is_a_one_point_sketch_that_pulls_to_the_point():
+    point = densify([[0.5, -0.5]])
+    assert point.shape == (1, 2)
+    follower = SketchFollower([point])
+    follower.update(np.array([0]), np.array([[2.0, 2.0]]))
+    window, carrot = follower.targets(np.array([0]))
+    assert torch.allclose(carrot, torch.tensor([[0.5, -0.5]]))
+    toward = torch.tensor([[[1.0, 0.0], [0.6, -0.4]]])
+    away = torch.tensor([[[2.0, 2.1], [2.0, 2.2]]])
+    assert sketch_cost(toward, window, carrot) < sketch_cost(away, window, carrot)
