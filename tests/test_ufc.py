@@ -1,0 +1,89 @@
+"""UFC: few-shot spatial control adapters for a frozen UNet (genrl/guidance/ufc.py) and the Shapes
+spatial conditions they learn (genrl/guidance/spatial_conditions.py)."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+from genrl.errors import ConfigError
+from genrl.guidance.spatial_conditions import CONDITION_TYPES, condition_iou, condition_map, read_masks, scene_examples
+from genrl.guidance.ufc import ControlledUNet, UFCAdapter
+
+
+@pytest.fixture()
+def unet(tiny_unet_config):
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**tiny_unet_config).eval().requires_grad_(False)
+
+
+def _inputs(batch=2, shots=3, size=8):
+    torch.manual_seed(1)
+    return (torch.rand(batch, 1, size, size), torch.rand(shots, 1, size, size), torch.randn(shots, 3, size, size),
+            torch.randn(batch, 3, size, size), torch.tensor([500, 500]), torch.randn(batch, 4, 16))
+
+
+def test_an_untrained_adapter_leaves_the_frozen_model_unchanged_and_a_trained_one_steers_it(unet):
+    adapter = UFCAdapter(unet, ["mask", "edges"])
+    query, support_c, support_x, x, t, text = _inputs()
+    down, mid = adapter(query, support_c, support_x, t, text, "mask")
+    base = unet(x, t, encoder_hidden_states=text).sample
+    controlled = unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert torch.equal(controlled, base)
+    with torch.no_grad():
+        for conv in adapter.out:
+            conv.weight.normal_(0, 0.1)
+    down, mid = adapter(query, support_c, support_x, t, text, "mask")
+    moved = unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    assert not torch.allclose(moved, base)
+    other = adapter(torch.rand_like(query), support_c, support_x, t, text, "mask")[0]  # another query condition
+    assert not torch.allclose(other[0], down[0])
+
+
+def test_few_shot_training_touches_only_the_new_tasks_biases_and_the_matching_module(unet):
+    adapter = UFCAdapter(unet, ["mask", "edges"])
+    adapter.add_task("boxes")
+    trainable = {id(p) for p in adapter.trainable("boxes", few_shot=True)}
+    named = dict(adapter.named_parameters())
+    assert id(named["task_bias.boxes"]) in trainable and id(named["task_bias.mask"]) not in trainable
+    assert not any(id(p) in trainable for name, p in named.items() if name.startswith(("conv_in", "down_blocks", "stem", "time_")))
+    assert any(name.startswith("query.") and id(p) in trainable for name, p in named.items())
+    assert {id(p) for p in adapter.trainable("boxes", few_shot=False)} == {id(p) for p in adapter.parameters()}
+    with pytest.raises(ConfigError, match="already"):
+        adapter.add_task("boxes")
+
+
+def test_bad_support_set_and_unknown_task_are_one_line_errors(unet):
+    adapter = UFCAdapter(unet, ["mask"])
+    query, support_c, support_x, _, t, text = _inputs()
+    with pytest.raises(ConfigError, match="differ in number or size"):
+        adapter(query, support_c, support_x[:, :, :4, :4], t, text, "mask")
+    with pytest.raises(ConfigError, match="differ in number or size"):
+        adapter(query, support_c[:2], support_x, t, text, "mask")
+    with pytest.raises(ConfigError, match="no task 'edges'"):
+        adapter(query, support_c, support_x, t, text, "edges")
+
+
+def test_controlled_unet_is_a_network_the_samplers_can_call(unet):
+    adapter = UFCAdapter(unet, ["mask"])
+    query, support_c, support_x, x, t, text = _inputs()
+    network = ControlledUNet(unet, adapter, "mask", support_c, support_x, DDPMScheduler(num_train_timesteps=1000))
+    assert torch.equal(network(x, t, encoder_hidden_states=text, control=query)[0], unet(x, t, encoder_hidden_states=text).sample)
+
+
+def test_conditions_are_exact_and_the_reader_rebuilds_them_from_real_images():
+    masks = np.zeros((1, 32, 32), dtype=bool)
+    masks[0, 10:20, 5:15] = True
+    assert condition_map("mask", masks).sum() == 100
+    assert condition_map("edges", masks).sum() == 100 - 64  # the 10 x 10 square minus its 8 x 8 interior
+    assert condition_map("boxes", masks).sum() == 36
+    centre = condition_map("centres", masks)
+    assert np.unravel_index(centre.argmax(), centre.shape) in {(14, 9), (14, 10), (15, 9), (15, 10)}
+    images, conditions = scene_examples(np.random.default_rng(0), 6, "mask")
+    assert all(len(read_masks(image)) >= 1 for image in images)
+    for kind in CONDITION_TYPES:
+        images, conditions = scene_examples(np.random.default_rng(1), 4, kind)
+        assert [condition_iou(kind, c[0].numpy(), image) for c, image in zip(conditions, images)] == [1.0] * 4
+        assert condition_iou(kind, conditions[0, 0].numpy(), images[1]) < 0.5  # another scene's image does not match
+    with pytest.raises(ConfigError, match="condition type"):
+        condition_map("depth", masks)
