@@ -361,6 +361,27 @@ class TokenClassifierConfig(Section):
     heads: int = Field(4, ge=1)
 
 
+class UFCEpisodeData(Section):
+    """Episodes of one spatial condition type each (genrl/guidance/ufc_training.py): a support set and queries."""
+
+    kind: Literal["ufc_episodes"] = "ufc_episodes"
+    tasks: list[Literal["mask", "edges", "centres", "boxes"]] = ["mask", "centres", "boxes"]
+    shots: int = Field(4, ge=1)  # support pairs per episode
+    image_size: int = Field(32, ge=8)
+    pool_size: int | None = Field(None, ge=2)  # a fixed pool of examples (few-shot: 30); None: fresh scenes
+    pool_seed: int = 0
+
+
+class UFCAdapterConfig(Section):
+    """A UFC control adapter for a frozen prompt model (genrl/guidance/ufc.py)."""
+
+    kind: Literal["ufc_adapter"] = "ufc_adapter"
+    mode: Literal["meta", "few_shot", "scratch"] = "meta"
+    base_model: str = "models/shapes-diffusion"
+    init_adapter: str | None = None  # few_shot: the meta-trained adapter
+    match_channels: int = Field(32, ge=4)
+
+
 class NetworkConfig(Section):
     kind: Literal["unet2d", "unet2d_condition", "dit"] = "unet2d_condition"
     config: dict[str, Any] = {}
@@ -407,12 +428,14 @@ class PretrainConfig(Section):
     output_dir: str = "runs/pretrain"
     resume: bool = False
     data: Annotated[Union[Annotated[ShapesData, Tag("shapes")], Annotated[DemonstrationData, Tag("demonstrations")],
-                          Annotated[TokenShapesData, Tag("token_shapes")], Annotated[MarkovSequenceData, Tag("markov_sequences")]],
+                          Annotated[TokenShapesData, Tag("token_shapes")], Annotated[MarkovSequenceData, Tag("markov_sequences")],
+                          Annotated[UFCEpisodeData, Tag("ufc_episodes")]],
                     _kind_or("shapes")] = ShapesData()
     model: Annotated[Union[Annotated[PromptModelConfig, Tag("prompt_diffusion")],
                            Annotated[DiffusionPolicyConfig, Tag("diffusion_policy")],
                            Annotated[DiscreteDiffusionConfig, Tag("discrete_diffusion")],
-                           Annotated[TokenClassifierConfig, Tag("token_classifier")]], _kind_or("prompt_diffusion")] = PromptModelConfig()
+                           Annotated[TokenClassifierConfig, Tag("token_classifier")],
+                           Annotated[UFCAdapterConfig, Tag("ufc_adapter")]], _kind_or("prompt_diffusion")] = PromptModelConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, weight_decay=0.0)
     max_steps: int = Field(5000, ge=1)
@@ -430,7 +453,7 @@ class PretrainConfig(Section):
     def _model_fits_data(self):
         tokens = ("discrete_diffusion", "token_classifier")
         expected = {"shapes": ("prompt_diffusion",), "demonstrations": ("diffusion_policy",), "token_shapes": tokens,
-                    "markov_sequences": tokens}[self.data.kind]
+                    "markov_sequences": tokens, "ufc_episodes": ("ufc_adapter",)}[self.data.kind]
         if self.model.kind not in expected:
             raise ValueError(f"data kind {self.data.kind!r} trains a model of kind {' or '.join(map(repr, expected))}, "
                              f"not {self.model.kind!r}")
@@ -678,7 +701,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 UNION_SECTIONS = ("rollout", "data", "model", "method", "guidance")
 UNION_TAGS = ("prompts", "env", "tokens", "shapes", "demonstrations", "token_shapes", "markov_sequences", "prompt_diffusion",
-              "diffusion_policy", "discrete_diffusion", "token_classifier", "consistency", "onedp", "piflow", "itps", "discrete")
+              "diffusion_policy", "discrete_diffusion", "token_classifier", "ufc_episodes", "ufc_adapter", "consistency", "onedp", "piflow", "itps", "discrete")
 
 
 def _first_error(error: pydantic.ValidationError) -> str:

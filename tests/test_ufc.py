@@ -87,3 +87,30 @@ def test_conditions_are_exact_and_the_reader_rebuilds_them_from_real_images():
         assert condition_iou(kind, conditions[0, 0].numpy(), images[1]) < 0.5  # another scene's image does not match
     with pytest.raises(ConfigError, match="condition type"):
         condition_map("depth", masks)
+
+
+def test_genrl_pretrain_meta_trains_then_few_shot_trains_only_the_new_task(tiny_model_dir, tmp_path, capsys):
+    from conftest import run_cli
+    from safetensors.torch import load_file
+
+    from genrl.guidance.ufc_training import load_adapter
+
+    meta, few = tmp_path / "meta", tmp_path / "few"
+    common = ["max_steps=4", "log_every=2", "checkpoint_every=4", "batch_size=2", "warmup_steps=1", "data.shots=2"]
+    assert run_cli("pretrain", "configs/pretrain/ufc_meta_shapes.yaml", f"output_dir={meta}", f"model.base_model={tiny_model_dir}",
+                   *common) == 0
+    assert run_cli("pretrain", "configs/pretrain/ufc_few_shot_edges.yaml", f"output_dir={few}", f"model.init_adapter={meta / 'model'}",
+                   "data.pool_size=6", *common) == 0
+    before, after = load_file(meta / "model" / "adapter.safetensors"), load_file(few / "model" / "adapter.safetensors")
+    assert "task_bias.edges" in after and "task_bias.edges" not in before
+    for name, value in before.items():  # the shared encoder and the old tasks are untouched by few-shot training
+        if name.startswith(("conv_in", "down_blocks", "stem", "time_", "task_bias.")):
+            assert torch.equal(value, after[name]), name
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith(("query.", "key.", "value.", "out.")))
+    adapter, base = load_adapter(few / "model")
+    assert set(adapter.task_bias) == {"mask", "centres", "boxes", "edges"} and base.network.config.sample_size == 32
+    capsys.readouterr()
+    code = run_cli("pretrain", "configs/pretrain/ufc_few_shot_edges.yaml", f"output_dir={tmp_path / 'bad'}", "model.init_adapter=null",
+                   *common)
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "init_adapter" in error and len(error.splitlines()) == 1

@@ -91,6 +91,10 @@ def pretrain(config: PretrainConfig) -> dict:
         from genrl.discrete.pretrain import pretrain_discrete
 
         return pretrain_discrete(config)
+    if config.data.kind == "ufc_episodes":  # a UFC control adapter for a frozen model
+        from genrl.guidance.ufc_training import pretrain_ufc
+
+        return pretrain_ufc(config)
     demos = load_data(config)  # a missing or broken dataset fails before anything is written
     accelerator = Accelerator(mixed_precision=config.mixed_precision, log_with="tensorboard", project_dir=config.output_dir)
     set_seed(config.seed)
