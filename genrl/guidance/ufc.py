@@ -140,3 +140,21 @@ class ControlledUNet(torch.nn.Module):
             output = self.unet(sample, t, encoder_hidden_states=encoder_hidden_states, down_block_additional_residuals=down,
                                mid_block_additional_residual=mid).sample
         return (output,)
+
+
+@torch.no_grad()
+def sample_controlled(model, adapter: UFCAdapter | None, task: str, conditions: torch.Tensor, support_conditions: torch.Tensor,
+                      support_images: torch.Tensor, sampler, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images (B, C, H, W) from the frozen prompt model `model` with the empty prompt, steered toward the
+    condition maps (B, 1, H, W) by `adapter` and its support set (None: the base model alone)."""
+    import copy as _copy
+
+    controlled = _copy.copy(model)  # shares the frozen weights; only the network seen by the sampler changes
+    condition = model.null_condition(len(conditions))
+    if adapter is not None:
+        # a shallow copy shares the submodule table: give it its own before swapping the network in
+        torch.nn.Module.__setattr__(controlled, "_modules", dict(model._modules))
+        controlled.network = ControlledUNet(model.network, adapter, task, support_conditions, support_images, model.scheduler)
+        condition = {**condition, "control": conditions}
+    shape = (len(conditions), *model.sample_shape)
+    return sampler.sample(controlled.denoiser, condition, shape, generator=generator).sample
