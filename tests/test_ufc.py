@@ -114,3 +114,23 @@ def test_genrl_pretrain_meta_trains_then_few_shot_trains_only_the_new_task(tiny_
                    *common)
     error = capsys.readouterr().err.strip()
     assert code != 0 and "init_adapter" in error and len(error.splitlines()) == 1
+
+
+def test_sample_controlled_starts_as_the_base_model_and_leaves_it_untouched(tiny_model_dir):
+    from genrl.config import SamplerConfig
+    from genrl.guidance.ufc import sample_controlled
+    from genrl.models.loading import load_model
+    from genrl.samplers import build_sampler
+
+    model = load_model(tiny_model_dir).eval().requires_grad_(False)
+    network = model.network
+    adapter = UFCAdapter(model.network, ["edges"])
+    images, conditions = scene_examples(np.random.default_rng(0), 5, "edges")
+    sampler = build_sampler(SamplerConfig(kind="ddim", num_steps=3, eta=0.0), model)
+    run = lambda a: sample_controlled(model, a, "edges", conditions[:2], conditions[2:], images[2:], sampler,  # noqa: E731
+                                      torch.Generator().manual_seed(0))
+    assert torch.equal(run(adapter), run(None))
+    assert model.network is network and model.denoiser.network is network
+    with torch.no_grad():
+        adapter.mid_out.weight.normal_(0, 0.5)
+    assert not torch.equal(run(adapter), run(None))
