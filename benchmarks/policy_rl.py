@@ -53,6 +53,9 @@ RUNS = {
     # episode-level trainers on PushT at pusht_dppo's env steps, sampler, reward and evaluation
     "pusht_ddpo": ("configs/policy_rl/pusht_ddpo.yaml", [], "coverage"),
     "pusht_rebel": ("configs/policy_rl/pusht_rebel.yaml", [], "coverage"),
+    # pusht_rebel moved the policy far at once (approx_kl 2.4 in its first iteration, 0.57 -> 0.01 success):
+    # 1/eta = 100 asks for log-ratios 100x smaller to fit the same standardised rewards (as rebel_jpeg_eta100)
+    "pusht_rebel_eta100": ("configs/policy_rl/pusht_rebel.yaml", ["rebel.eta_inverse=100"], "coverage"),
 }
 # Rows measured with earlier recipes (results kept; the code they ran is in git history): the recipe
 # before issue 12 (no scoring floor, whole-chunk log-probs, coverage counted from 0, 32 episodes per
