@@ -6,8 +6,9 @@
 Adapters (trained beforehand by the commands in ADAPTERS, each `genrl pretrain`): UFC meta-trained on
 masks, centre heat maps and boxes, then few-shot trained on 30 edge-map examples; an adapter of the same
 size trained from scratch on the same 30 examples; and one trained from scratch, fully supervised, on
-fresh scenes (about 1000x the examples). "none" is the base model alone. Per seed: TEST_CONDITIONS edge
-maps of fresh test scenes (seed 50000 + s), the empty prompt, DDIM-20 (eta 0) with noise seeded by s, the
+fresh scenes (about 1000x the examples). "none" is the base model alone. Per seed, as `genrl eval
+configs/eval/ufc_shapes.yaml` measures it (genrl/evaluation/spatial_control.py): TEST_CONDITIONS edge maps
+of fresh test scenes (seed 50000 + s), the empty prompt, DDIM-20 (eta 0) with noise seeded by s, the
 support set = the first SHOTS examples of the few-shot pool; fidelity = IoU between the requested edge map
 and the one rebuilt from the sample (genrl/guidance/spatial_conditions.py). Results:
 benchmarks/results/ufc/, table benchmarks/results/ufc.md, plot benchmarks/results/ufc.png.
@@ -44,21 +45,15 @@ def run(task: str, seed: int, extra: list[str]) -> dict:
     path = RESULTS / f"{task}_seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    import numpy as np
     import torch
 
     from genrl.config import SamplerConfig
-    from genrl.guidance.spatial_conditions import condition_iou, scene_examples
-    from genrl.guidance.ufc import sample_controlled
+    from genrl.evaluation.spatial_control import evaluate_control
     from genrl.guidance.ufc_training import load_adapter
     from genrl.models.loading import load_model
-    from genrl.samplers import build_sampler
 
     torch.set_num_threads(1)
     base = load_model(ROOT / "models" / "shapes-diffusion").eval().requires_grad_(False)
-    sampler = build_sampler(SamplerConfig(kind="ddim", num_steps=20, eta=0.0), base)
-    pool_images, pool_conditions = scene_examples(np.random.default_rng([0, 0]), POOL, task)  # the few-shot pool (pool_seed 0)
-    _, test_conditions = scene_examples(np.random.default_rng(50_000 + seed), TEST_CONDITIONS, task)
     result = {"task": task, "seed": seed, "variants": {}}
     for variant, (directory, command) in ADAPTERS.items():
         adapter = None
@@ -68,12 +63,11 @@ def run(task: str, seed: int, extra: list[str]) -> dict:
                 continue
             adapter, _ = load_adapter(ROOT / directory, base)
         started = time.process_time()
-        images = sample_controlled(base, adapter, task, test_conditions, pool_conditions[:SHOTS], pool_images[:SHOTS], sampler,
-                                   torch.Generator().manual_seed(seed))
-        ious = [condition_iou(task, c[0].numpy(), image) for c, image in zip(test_conditions, images)]
-        result["variants"][variant] = {"iou_mean": float(np.mean(ious)), "iou_stderr": float(np.std(ious, ddof=1) / len(ious) ** 0.5),
-                                       "cpu_seconds": time.process_time() - started, "adapter": directory, "command": command}
-        print(task, seed, variant, round(float(np.mean(ious)), 3), flush=True)
+        figures = evaluate_control(base, adapter, task, SamplerConfig(kind="ddim", num_steps=20, eta=0.0), TEST_CONDITIONS, SHOTS,
+                                   POOL, 0, seed)
+        result["variants"][variant] = {**figures, "cpu_seconds": time.process_time() - started, "adapter": directory,
+                                       "command": command}
+        print(task, seed, variant, round(figures["iou_mean"], 3), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result

@@ -621,8 +621,34 @@ class TokensRollout(Section):
     reader_path: str | None = None
 
 
+class SpatialControlRollout(Section):
+    """Control fidelity on one spatial condition type (genrl/evaluation/spatial_control.py): `num_conditions`
+    conditions of fresh scenes, the support set from the few-shot pool (`pool_size`, `pool_seed`)."""
+
+    kind: Literal["spatial_control"] = "spatial_control"
+    task: Literal["mask", "edges", "centres", "boxes"] = "edges"
+    num_conditions: int = Field(32, ge=1)
+    shots: int = Field(4, ge=1)
+    pool_size: int = Field(30, ge=1)
+    pool_seed: int = 0
+
+    @model_validator(mode="after")
+    def _support_fits_pool(self):
+        if self.shots > self.pool_size:
+            raise ValueError(f"rollout.shots {self.shots} exceeds rollout.pool_size {self.pool_size}")
+        return self
+
+
+class UFCGuidance(Section):
+    """A UFC adapter steering a frozen prompt model toward spatial conditions (None: the base model alone)."""
+
+    kind: Literal["ufc"] = "ufc"
+    adapter_path: str | None = None
+
+
 EvalRollout = Annotated[Union[Annotated[PromptRollout, Tag("prompts")], Annotated[EnvRollout, Tag("env")],
-                              Annotated[TokensRollout, Tag("tokens")]], _kind_or("prompts")]
+                              Annotated[TokensRollout, Tag("tokens")], Annotated[SpatialControlRollout, Tag("spatial_control")]],
+                        _kind_or("prompts")]
 
 
 class EvalConfig(Section):
@@ -636,12 +662,12 @@ class EvalConfig(Section):
     rollout: EvalRollout = PromptRollout(eval_samples=256, metric_rewards=["shapes_alignment"])
     batch_size: int = Field(32, ge=1)  # images sampled at once
     # steer sampling: ITPS for a policy (rollout.kind env), D-CFG / D-CBG for a discrete model (rollout.kind tokens)
-    guidance: Annotated[Union[Annotated[ITPSGuidance, Tag("itps")], Annotated[DiscreteGuidanceConfig, Tag("discrete")]],
-                        _kind_or("itps")] | None = None
+    guidance: Annotated[Union[Annotated[ITPSGuidance, Tag("itps")], Annotated[DiscreteGuidanceConfig, Tag("discrete")],
+                              Annotated[UFCGuidance, Tag("ufc")]], _kind_or("itps")] | None = None
 
     @model_validator(mode="after")
     def _guidance_fits_rollout(self):
-        wanted = {"itps": "env", "discrete": "tokens"}
+        wanted = {"itps": "env", "discrete": "tokens", "ufc": "spatial_control"}
         if self.guidance is not None and wanted[self.guidance.kind] != self.rollout.kind:
             raise ValueError(f"guidance.kind {self.guidance.kind!r} steers a rollout.kind {wanted[self.guidance.kind]!r} "
                              f"evaluation, not {self.rollout.kind!r}")
@@ -701,7 +727,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 UNION_SECTIONS = ("rollout", "data", "model", "method", "guidance")
 UNION_TAGS = ("prompts", "env", "tokens", "shapes", "demonstrations", "token_shapes", "markov_sequences", "prompt_diffusion",
-              "diffusion_policy", "discrete_diffusion", "token_classifier", "ufc_episodes", "ufc_adapter", "consistency", "onedp", "piflow", "itps", "discrete")
+              "diffusion_policy", "discrete_diffusion", "token_classifier", "ufc_episodes", "ufc_adapter", "spatial_control", "ufc", "consistency", "onedp", "piflow", "itps", "discrete")
 
 
 def _first_error(error: pydantic.ValidationError) -> str:

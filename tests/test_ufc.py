@@ -1,6 +1,8 @@
 """UFC: few-shot spatial control adapters for a frozen UNet (genrl/guidance/ufc.py) and the Shapes
 spatial conditions they learn (genrl/guidance/spatial_conditions.py)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,7 +111,16 @@ def test_genrl_pretrain_meta_trains_then_few_shot_trains_only_the_new_task(tiny_
     assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith(("query.", "key.", "value.", "out.")))
     adapter, base = load_adapter(few / "model")
     assert set(adapter.task_bias) == {"mask", "centres", "boxes", "edges"} and base.network.config.sample_size == 32
+    evaluation = ["rollout.num_conditions=2", "sampler.num_steps=2", f"model.path={tiny_model_dir}"]
+    assert run_cli("eval", "configs/eval/ufc_shapes.yaml", f"output_dir={tmp_path / 'eval'}", f"guidance.adapter_path={few / 'model'}",
+                   *evaluation) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["task"] == "edges" and 0 <= summary["iou_mean"] <= 1 and (tmp_path / "eval" / "samples" / "control.png").is_file()
     capsys.readouterr()
+    code = run_cli("eval", "configs/eval/ufc_shapes.yaml", f"output_dir={tmp_path / 'eval_meta'}", f"guidance.adapter_path={meta / 'model'}",
+                   *evaluation)
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "no task 'edges'" in error and not (tmp_path / "eval_meta").exists()
     code = run_cli("pretrain", "configs/pretrain/ufc_few_shot_edges.yaml", f"output_dir={tmp_path / 'bad'}", "model.init_adapter=null",
                    *common)
     error = capsys.readouterr().err.strip()

@@ -11,6 +11,9 @@ metrics.jsonl and summary.json in `output_dir`.
 - A discrete model (`rollout.kind: tokens`): samples of every class, optionally guided (`guidance.kind:
   discrete`, D-CFG or D-CBG), the class hit rate read by `rollout.reader_path`, and the samples in
   samples/eval.png (token grids) or samples/eval.txt (sequences).
+- Spatial control (`rollout.kind: spatial_control`): a frozen prompt model steered by a UFC adapter
+  (`guidance.kind: ufc`, `adapter_path`; none: the base model alone) toward conditions of one type; the
+  IoU between requested and rebuilt conditions, and samples/control.png (conditions above samples).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from rewards import check_reward_config, get_reward
 
 
 def run(config: EvalConfig) -> dict:
-    evaluate = {"env": evaluate_policy_model, "tokens": evaluate_discrete_model}.get(config.rollout.kind, evaluate_image_model)
+    evaluate = {"env": evaluate_policy_model, "tokens": evaluate_discrete_model,
+                "spatial_control": evaluate_spatial_control}.get(config.rollout.kind, evaluate_image_model)
     summary = {"model_path": config.model.path, **evaluate(config)}
     output_dir = Path(config.output_dir)
     MetricsLog(output_dir / "metrics.jsonl").write({"step": 0, **summary})
@@ -117,3 +121,21 @@ def evaluate_discrete_model(config: EvalConfig) -> dict:
         lines = [f"class {int(c)}: " + " ".join(map(str, row.tolist())) for c, row in zip(labels, tokens)]
         (output_dir / "samples" / "eval.txt").write_text("\n".join(lines) + "\n")
     return summary
+
+
+def evaluate_spatial_control(config: EvalConfig) -> dict:
+    from genrl.evaluation.spatial_control import evaluate_control
+    from genrl.guidance.ufc_training import load_adapter
+
+    rollout = config.rollout
+    model = load_model(config.model.path).eval().requires_grad_(False)
+    adapter = None
+    if config.guidance is not None and config.guidance.adapter_path:
+        adapter, _ = load_adapter(config.guidance.adapter_path, model)
+        if rollout.task not in adapter.task_bias:
+            raise ConfigError(f"the adapter at {config.guidance.adapter_path} has no task {rollout.task!r} "
+                              f"(it knows {', '.join(adapter.task_bias)}): few-shot train it first")
+    build_sampler(config.sampler, model)
+    output_dir = prepare_output_dir(config)
+    return evaluate_control(model, adapter, rollout.task, config.sampler, rollout.num_conditions, rollout.shots, rollout.pool_size,
+                            rollout.pool_seed, config.seed, output_dir)
