@@ -255,3 +255,17 @@ def test_genrl_eval_samples_a_discrete_model_with_guidance_and_reads_the_class(t
         error = capsys.readouterr().err.strip()
         assert code != 0 and message in error and len(error.splitlines()) == 1, error
         assert not (tmp_path / "bad").exists()
+
+
+def test_the_shipped_shapes_mdlm_samples_the_requested_position_under_guidance():
+    from genrl.discrete.model import DiscreteModel
+    from genrl.discrete.sampling import DiscreteGuidance, classify, sample_tokens
+
+    model = DiscreteModel.from_pretrained("models/discrete-shapes-mdlm")
+    reader = DiscreteModel.from_pretrained("models/discrete-shapes-reader")
+    labels = torch.arange(model.num_classes).repeat_interleave(4)
+    hit = {}
+    for gamma in (0.0, 1.0):
+        tokens = sample_tokens(model, labels, 16, torch.Generator().manual_seed(0), DiscreteGuidance("cfg", gamma))
+        hit[gamma] = (classify(reader, tokens) == labels).float().mean().item()
+    assert hit[1.0] >= 0.9 and hit[0.0] <= 0.4, hit  # the unconditional model hits a position by chance (1/9)
