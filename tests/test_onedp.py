@@ -226,6 +226,8 @@ def test_student_round_trip_and_sampler(policy, tmp_path):
         build_sampler(SamplerConfig(kind="onedp", num_steps=2), loaded)
     with pytest.raises(ConfigError, match="not one"):
         build_sampler(SamplerConfig(kind="onedp", num_steps=1), policy)
+    with pytest.raises(ConfigError, match="onedp student .* sampler.kind=onedp sampler.num_steps=1"):
+        build_sampler(SamplerConfig(kind="ddpm", num_steps=10), loaded)  # a teacher's chain would run the student off its training
 
 
 # ------------------------------------------------------------------ bad input

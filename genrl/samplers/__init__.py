@@ -19,6 +19,12 @@ FAMILY_OF_SAMPLER = {"ddim": "diffusion", "ddpm": "diffusion", "consistency": "d
 def build_sampler(config, model) -> GaussianChainSampler:
     """Sampler from a `SamplerConfig` for `model` (anything with `family`, `num_train_timesteps`
     and, for flow models, `shift`)."""
+    student = getattr(model, "distilled", None) or {}
+    if student.get("method") in FAMILY_OF_SAMPLER and config.kind != student["method"]:
+        # a few-step student is not a denoiser of every noise level: another chain would run it off its training
+        raise ConfigError(f"the model is a {student['method']} student (made by `genrl distill`): sample it with "
+                          f"sampler.kind={student['method']}" + (" sampler.num_steps=1" if student["method"] == "onedp" else "")
+                          + f", not {config.kind!r}")
     if config.kind == "piflow":
         return build_piflow_sampler(config, model)
     if FAMILY_OF_SAMPLER[config.kind] != model.family:
