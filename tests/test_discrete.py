@@ -1,6 +1,7 @@
 """Discrete diffusion (MDLM, UDLM) and its guidance (D-CFG, D-CBG): formulas against direct computations."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -183,7 +184,7 @@ def test_cbg_pulls_samples_toward_what_the_classifier_wants():
             p.zero_()
     counting = lambda one_hot, t: torch.stack([one_hot[..., 2].sum(1) * 3.0, torch.zeros(len(one_hot)),  # noqa: E731
                                                torch.zeros(len(one_hot))], dim=1)
-    classifier.network.forward = lambda tokens, t, class_labels=None: type("O", (), {"sample": counting(tokens, t)})()
+    classifier.network.forward = lambda tokens, t, class_labels=None: SimpleNamespace(sample=counting(tokens, t))
     labels = torch.zeros(64, dtype=torch.long)
     plain = sample_tokens(model, labels, 6, torch.Generator().manual_seed(1), DiscreteGuidance("cbg", 0.0, classifier))
     guided = sample_tokens(model, labels, 6, torch.Generator().manual_seed(1), DiscreteGuidance("cbg", 3.0, classifier, first_order=False))

@@ -43,7 +43,21 @@ def token_picture(tokens: torch.Tensor, grid: int) -> np.ndarray:
     return table[tokens.reshape(-1, grid, grid).numpy()]
 
 
-class TokenShapesBatches:
+class LabelledTokens:
+    """A domain: `clean(rng, count)` gives (tokens, labels); `sample` adds the condition dropout."""
+
+    batch_size: int
+    condition_dropout: float
+    num_classes: int
+
+    def sample(self, rng: np.random.Generator, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        tokens, labels = self.clean(rng, self.batch_size)
+        dropped = torch.from_numpy(rng.random(len(labels)) < self.condition_dropout)
+        labels = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
+        return tokens.to(device), {"class_labels": labels.to(device)}
+
+
+class TokenShapesBatches(LabelledTokens):
     num_classes = len(POSITIONS)
     vocab_size = SHAPES_VOCAB
 
@@ -57,17 +71,11 @@ class TokenShapesBatches:
         pixels = quantise_shapes(images).reshape(count, self.grid, 2, self.grid, 2)
         return pixels.amax(dim=(2, 4)).reshape(count, -1), labels
 
-    def sample(self, rng: np.random.Generator, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        tokens, labels = self.clean(rng, self.batch_size)
-        dropped = torch.from_numpy(rng.random(len(labels)) < self.condition_dropout)
-        labels = torch.where(dropped, torch.full_like(labels, self.num_classes), labels)
-        return tokens.to(device), {"class_labels": labels.to(device)}
-
     def describe(self) -> dict:
         return {"domain": "token_shapes", "grid": self.grid, "vocab_size": self.vocab_size, "num_classes": self.num_classes}
 
 
-class MarkovSequenceBatches:
+class MarkovSequenceBatches(LabelledTokens):
     def __init__(self, length: int, vocab_size: int, num_classes: int, world_seed: int, batch_size: int,
                  condition_dropout: float):
         self.length, self.vocab_size, self.num_classes = length, vocab_size, num_classes
@@ -88,8 +96,6 @@ class MarkovSequenceBatches:
             rows = self.transitions[labels, tokens[:, position - 1]]  # (count, V)
             tokens[:, position] = (rows.cumsum(axis=1) > rng.random((count, 1))).argmax(axis=1)
         return torch.from_numpy(tokens), torch.from_numpy(labels)
-
-    sample = TokenShapesBatches.sample
 
     def describe(self) -> dict:
         return {"domain": "markov_sequences", "length": self.length, "vocab_size": self.vocab_size, "num_classes": self.num_classes}

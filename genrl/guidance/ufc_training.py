@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class AdapterTraining(torch.nn.Module):
         down, mid = self.adapter(query, support_conditions, noisy_support_images, timesteps, text, task)
         output = self.base.network(noisy, timesteps, encoder_hidden_states=text, down_block_additional_residuals=down,
                                    mid_block_additional_residual=mid).sample
-        return type("Output", (), {"sample": output})()
+        return SimpleNamespace(sample=output)  # diffusers' convention: the prediction is `.sample`
 
 
 class AdapterModel(torch.nn.Module):
