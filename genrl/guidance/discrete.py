@@ -55,6 +55,7 @@ def _class_log_prob(classifier: Classifier, one_hot: torch.Tensor, t: torch.Tens
     return classifier(one_hot, t).log_softmax(dim=-1).gather(-1, label.unsqueeze(-1)).squeeze(-1)
 
 
+@torch.no_grad()
 def cbg_scores_exact(classifier: Classifier, x_t: torch.Tensor, t: torch.Tensor, label: torch.Tensor, num_tokens: int,
                      chunk: int = 4096) -> torch.Tensor:
     """(B, L, K) log p(y | x_t with token l set to v) for every position l and token v: L*K classifier rows per input."""
