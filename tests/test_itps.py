@@ -185,3 +185,14 @@ def test_a_point_input_is_a_one_point_sketch_that_pulls_to_the_point():
     toward = torch.tensor([[[1.0, 0.0], [0.6, -0.4]]])
     away = torch.tensor([[[2.0, 2.1], [2.0, 2.2]]])
     assert sketch_cost(toward, window, carrot) < sketch_cost(away, window, carrot)
+
+
+def test_each_episode_of_several_waves_records_its_own_path(tmp_path):
+    code = run_cli("eval", ITPS_EVAL, f"output_dir={tmp_path}", "guidance.method=unsteered", "rollout.eval.num_episodes=3",
+                   "rollout.eval.num_envs=2", "rollout.env.max_episode_steps=20", "sampler.kind=ddim", "sampler.num_steps=2")
+    assert code == 0
+    episodes = json.loads((tmp_path / "episodes.json").read_text())
+    assert [e["seed"] for e in episodes] == [100000, 100001, 100002]
+    for episode in episodes:  # the reset position and every step after it, recorded every 2nd step
+        assert len(episode["path"]) == (episode["length"] + 2) // 2
+        assert np.allclose(episode["path"][0], episode["sketch"][0], atol=1e-3)  # the path starts where its sketch does

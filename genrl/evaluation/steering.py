@@ -26,8 +26,8 @@ from genrl.guidance.sketch import check_in_free_space, densify, detour_sketch
 
 
 class MazeTrace(gym.Wrapper):
-    """Records the ball's position and whether it touches a wall at every step; `episodes` keeps each
-    finished episode's (positions (T, 2), wall contact flags (T,)), in order."""
+    """Records the ball's position and whether it touches a wall at every step, per episode, under the
+    seed the episode was reset with (`episode(seed)`); vector autoresets (no seed) are not kept."""
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
@@ -39,32 +39,38 @@ class MazeTrace(gym.Wrapper):
         model = env.unwrapped.point_env.model
         names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(model.ngeom)]
         self._walls = {i for i, name in enumerate(names) if name.startswith("block")}
-        self.episodes: list[tuple[np.ndarray, np.ndarray]] = []
-        self._positions, self._contacts = [], []
+        self._by_seed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._seed, self._positions, self._contacts = None, [], []
 
     def _record(self) -> None:
         data = self.env.unwrapped.point_env.data
         self._positions.append(data.qpos[:2].copy())
         self._contacts.append(any(c.geom1 in self._walls or c.geom2 in self._walls for c in data.contact[: data.ncon]))
 
+    def _keep(self) -> None:
+        if self._seed is not None:
+            self._by_seed[self._seed] = (np.array(self._positions), np.array(self._contacts[1:]))
+
     def reset(self, **kwargs):
-        if len(self._positions) > 1:
-            self.episodes.append((np.array(self._positions), np.array(self._contacts[1:])))
+        self._keep()
         result = self.env.reset(**kwargs)
-        self._positions, self._contacts = [], []
+        self._seed, self._positions, self._contacts = kwargs.get("seed"), [], []
         self._record()
         return result
 
     def step(self, action):
         result = self.env.step(action)
         self._record()
+        if result[2] or result[3]:  # the episode is over: keep it, and ignore steps until the next reset
+            self._keep()
+            self._seed = None
         return result
 
-    def episode(self, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """The index-th finished episode, or the running one if it has not finished."""
-        if index < len(self.episodes):
-            return self.episodes[index]
-        return np.array(self._positions), np.array(self._contacts[1:])
+    def episode(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions (T + 1, 2), wall contact flags (T,)) of the episode reset with `seed` (finished or running)."""
+        if seed == self._seed:
+            return np.array(self._positions), np.array(self._contacts[1:])
+        return self._by_seed[seed]
 
 
 def episode_sketch(env_config, seed: int, sketch_config, spacing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -130,13 +136,11 @@ def evaluate_steered_policy(policy, env_config, eval_config, sampler, guidance, 
         wave_seeds = seeds[wave : wave + num_envs]
         follower = SketchFollower([dense for _, dense in sketches[wave : wave + num_envs]], guidance.sketch.lookahead,
                                   guidance.sketch.spacing)
-        for env in vector_env.envs:
-            env.episodes.clear()
         act = steered_actor(policy, sampler, steering, follower, dynamics, generator)
         episodes = run_episodes(vector_env, act, wave_seeds, policy.n_obs_steps, policy.n_action_steps,
                                 env_config.success_key, progress=progress)
         for i, seed in enumerate(wave_seeds):
-            path, contacts = vector_env.envs[i].episode(0)
+            path, contacts = vector_env.envs[i].episode(seed)
             drawn, dense = sketches[wave + i]
             records.append({"seed": seed, "success": bool(episodes.successes[i]), "length": int(episodes.lengths[i]),
                             "wall_contact_rate": float(contacts.mean()) if len(contacts) else 0.0,
