@@ -120,18 +120,19 @@ def build_adapter_model(config) -> AdapterModel:
     if spec.mode == "few_shot":
         if not spec.init_adapter:
             raise ConfigError("model.mode few_shot needs model.init_adapter (a meta-trained adapter directory)")
-        adapter, base = load_adapter(spec.init_adapter)
         if len(data.tasks) != 1:
             raise ConfigError(f"few-shot training learns one new condition type; data.tasks has {len(data.tasks)}")
+        adapter, base = load_adapter(spec.init_adapter)
+        base_path = json.loads((Path(spec.init_adapter) / ADAPTER_CONFIG).read_text())["base_model"]
         adapter.add_task(data.tasks[0])
         adapter.requires_grad_(False)
         for parameter in adapter.trainable(data.tasks[0], few_shot=True):
             parameter.requires_grad_(True)
     else:
-        base = load_model(spec.base_model).eval().requires_grad_(False)
+        base_path = spec.base_model
+        base = load_model(base_path).eval().requires_grad_(False)
         adapter = UFCAdapter(base.network, list(data.tasks), spec.match_channels)
-    return AdapterModel(adapter, base, spec.base_model if spec.mode != "few_shot" else json.loads(
-        (Path(spec.init_adapter) / ADAPTER_CONFIG).read_text())["base_model"])
+    return AdapterModel(adapter, base, base_path)
 
 
 def adapter_loss(model: AdapterModel):
