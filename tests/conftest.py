@@ -26,6 +26,25 @@ def run_cli(*args):
     return exit_info.value.code
 
 
+def assert_distill_resumes_exactly(args: list, out) -> None:
+    """A 6-step `genrl distill` run (checkpoints every 3) crashes after checkpoint 3: `resume=true` redoes
+    steps 4-6, logs each step once, and ends with the same student as the uninterrupted run."""
+    import shutil
+
+    from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from genrl.run_dir import read_metrics
+
+    assert run_cli("distill", *args) == 0
+    finished = DiffusionPolicy.from_pretrained(out / "model")
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    shutil.rmtree(out / "model")
+    assert run_cli("distill", *args, "resume=true") == 0
+    resumed = DiffusionPolicy.from_pretrained(out / "model")
+    for a, b in zip(finished.network.parameters(), resumed.network.parameters()):
+        assert torch.equal(a, b)
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.fixture
 def tiny_unet_config():
     """A UNet2DConditionModel small enough to run in milliseconds."""

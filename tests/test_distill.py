@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_distill_resumes_exactly, run_cli
 
 from distill.consistency import as_x0_student, consistency_distillation_loss, distillation_grid, teacher_ode_step
 from genrl.data.demonstrations import load_demonstrations
@@ -175,15 +175,7 @@ def test_distill_resumes_exactly_from_its_last_checkpoint(tiny_policy_dir, umaze
     args = ["configs/distill/consistency_pointmaze_umaze.yaml", f"teacher.path={tiny_policy_dir}", f"data.path={umaze_demos}",
             f"output_dir={out}", "method.num_intervals=6", "max_steps=6", "batch_size=8", "warmup_steps=1",
             "checkpoint_every=3", "log_every=1", "ema_decay=0.5", "method.target_ema_decay=0.5", "eval.skip=true"]
-    assert run_cli("distill", *args) == 0
-    finished = DiffusionPolicy.from_pretrained(out / "model")
-    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
-    shutil.rmtree(out / "model")
-    assert run_cli("distill", *args, "resume=true") == 0
-    resumed = DiffusionPolicy.from_pretrained(out / "model")
-    for a, b in zip(finished.network.parameters(), resumed.network.parameters()):
-        assert torch.equal(a, b)
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert_distill_resumes_exactly(args, out)
 
 
 def test_consistency_head_trains_only_a_light_head_on_the_frozen_teacher(tiny_policy_dir, umaze_demos, tmp_path):

@@ -2,12 +2,11 @@
 network's separate update, matching an analytic teacher, the sampler, and `genrl distill`/`genrl eval`."""
 
 import copy
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_POLICY_OVERRIDES, UMAZE_PRETRAIN, run_cli
+from conftest import TINY_POLICY_OVERRIDES, UMAZE_PRETRAIN, assert_distill_resumes_exactly, run_cli
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from distill.onedp import OneDPDistiller, generate, kl_gradient, onedp_loss, sample_timesteps, scaled_timestep, surrogate_loss
@@ -336,12 +335,4 @@ def test_onedp_s_resumes_exactly_from_its_last_checkpoint(tiny_policy_dir, umaze
     args = [RECIPE_D, f"teacher.path={tiny_policy_dir}", f"data.path={umaze_demos}", f"output_dir={out}", "method.variant=stochastic",
             "method.aux_learning_rate=1e-2", "optimizer.learning_rate=1e-3", "max_steps=6", "batch_size=8", "warmup_steps=1",
             "checkpoint_every=3", "log_every=1", "ema_decay=0.5", "eval.skip=true"]
-    assert run_cli("distill", *args) == 0
-    finished = DiffusionPolicy.from_pretrained(out / "model")
-    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
-    shutil.rmtree(out / "model")
-    assert run_cli("distill", *args, "resume=true") == 0
-    resumed = DiffusionPolicy.from_pretrained(out / "model")
-    for a, b in zip(finished.network.parameters(), resumed.network.parameters()):
-        assert torch.equal(a, b)
-    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert_distill_resumes_exactly(args, out)
