@@ -6,7 +6,7 @@
 Adapters (trained beforehand by the commands in ADAPTERS, each `genrl pretrain`): UFC meta-trained on
 masks, centre heat maps and boxes, then few-shot trained on 30 edge-map examples; an adapter of the same
 size trained from scratch on the same 30 examples; and one trained from scratch, fully supervised, on
-fresh scenes (about 1000x the examples). "none" is the base model alone. Per seed, as `genrl eval
+fresh scenes (many times the examples; see ADAPTERS for the schedules measured). "none" is the base model alone. Per seed, as `genrl eval
 configs/eval/ufc_shapes.yaml` measures it (genrl/evaluation/spatial_control.py): TEST_CONDITIONS edge maps
 of fresh test scenes (seed 50000 + s), the empty prompt, DDIM-20 (eta 0) with noise seeded by s, the
 support set = the first SHOTS examples of the few-shot pool; fidelity = IoU between the requested edge map
@@ -28,16 +28,21 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "ufc"
 TASK = "edges"
 TEST_CONDITIONS, SHOTS, POOL = 32, 4, 30
+# The adapters measured so far were trained with shortened schedules (CPU time): meta-training 400 of the
+# recipe's 1500 steps, few-shot and from-scratch 150 of 300, supervised 800 steps of 16 fresh scenes
+# (12800 examples, about 430x the 30).
 ADAPTERS = {  # variant: (adapter directory, the command that trains it)
     "none": (None, ""),
     "ufc_few_shot": ("runs/ufc/few_shot_seed0/model",
-                     "genrl pretrain configs/pretrain/ufc_meta_shapes.yaml output_dir=runs/ufc/meta_seed0 && genrl pretrain "
-                     "configs/pretrain/ufc_few_shot_edges.yaml model.init_adapter=runs/ufc/meta_seed0/model output_dir=runs/ufc/few_shot_seed0"),
+                     "genrl pretrain configs/pretrain/ufc_meta_shapes.yaml output_dir=runs/ufc/meta_seed0 max_steps=400 "
+                     "checkpoint_every=200 warmup_steps=40 && genrl pretrain configs/pretrain/ufc_few_shot_edges.yaml "
+                     "model.init_adapter=runs/ufc/meta_seed0/model output_dir=runs/ufc/few_shot_seed0 max_steps=150"),
     "scratch_30": ("runs/ufc/scratch_seed0/model",
-                   "genrl pretrain configs/pretrain/ufc_few_shot_edges.yaml model.mode=scratch output_dir=runs/ufc/scratch_seed0"),
+                   "genrl pretrain configs/pretrain/ufc_few_shot_edges.yaml model.mode=scratch output_dir=runs/ufc/scratch_seed0 "
+                   "max_steps=150"),
     "supervised": ("runs/ufc/supervised_seed0/model",
-                   "genrl pretrain configs/pretrain/ufc_few_shot_edges.yaml model.mode=scratch data.pool_size=null max_steps=1900 "
-                   "batch_size=16 warmup_steps=100 ema_decay=0.99 output_dir=runs/ufc/supervised_seed0"),
+                   "genrl pretrain configs/pretrain/ufc_few_shot_edges.yaml model.mode=scratch data.pool_size=null max_steps=800 "
+                   "batch_size=16 warmup_steps=50 ema_decay=0.99 checkpoint_every=400 output_dir=runs/ufc/supervised_seed0"),
 }
 
 
