@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "RL fine-tune a model on a reward: images (DDPO, PXPO, REBEL, SFT-PG, B^2) or policies (DDPO, DPPO, REBEL)",
     "eval": "sample a model and score it: image rewards, or a policy's success rate over seeded episodes",
     "distill": "turn a multi-step teacher (a Diffusion Policy or a Shapes model) into a few-step student",
+    "export": "write a policy as ONNX + a numpy/onnxruntime runtime for a robot stack (no torch needed to run it)",
 }
 
 

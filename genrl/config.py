@@ -376,9 +376,9 @@ class UFCAdapterConfig(Section):
     """A UFC control adapter for a frozen prompt model (genrl/guidance/ufc.py)."""
 
     kind: Literal["ufc_adapter"] = "ufc_adapter"
-    mode: Literal["meta", "few_shot", "scratch"] = "meta"
+    mode: Literal["meta", "few_shot", "fine_tune", "scratch"] = "meta"
     base_model: str = "models/shapes-diffusion"
-    init_adapter: str | None = None  # few_shot: the meta-trained adapter
+    init_adapter: str | None = None  # few_shot / fine_tune: the meta-trained adapter
     match_channels: int = Field(32, ge=4)
 
 
@@ -674,6 +674,20 @@ class EvalConfig(Section):
         return self
 
 
+class ExportModel(Section):
+    path: str = "models/policy-pusht"  # a saved Diffusion Policy: a teacher, a fine-tuned policy or a distilled student
+
+
+class ExportConfig(Section):
+    """`genrl export`: a policy as ONNX + numpy runtime for a robot stack (genrl/export/)."""
+
+    output_dir: str = "runs/export"
+    model: ExportModel = ExportModel()
+    # the chain the runtime runs: the teacher's DDPM / DDIM, or the student's own (consistency / onedp)
+    sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=0.0)
+    opset: int = Field(17, ge=13, le=21)  # ONNX opset of policy.onnx
+
+
 class CollectSection(Section):
     expert: Literal["pointmaze_planner", "pusht_pusher"] = "pointmaze_planner"
     expert_kwargs: dict[str, Any] = {}  # e.g. {noise: 0.3}
@@ -695,7 +709,7 @@ class CollectConfig(Section):
 
 
 COMMAND_CONFIGS: dict[str, type[Section]] = {
-    "collect": CollectConfig, "pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig,
+    "collect": CollectConfig, "pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig, "export": ExportConfig,
     "distill": DistillConfig,
 }
 

@@ -258,11 +258,12 @@ def test_genrl_eval_samples_a_discrete_model_with_guidance_and_reads_the_class(t
         assert not (tmp_path / "bad").exists()
 
 
-def test_the_shipped_shapes_mdlm_samples_the_requested_position_under_guidance():
+@pytest.mark.parametrize("process", ["mdlm", "udlm"])
+def test_the_shipped_shapes_models_sample_the_requested_position_under_guidance(process):
     from genrl.discrete.model import DiscreteModel
     from genrl.discrete.sampling import DiscreteGuidance, classify, sample_tokens
 
-    model = DiscreteModel.from_pretrained("models/discrete-shapes-mdlm")
+    model = DiscreteModel.from_pretrained(f"models/discrete-shapes-{process}")
     reader = DiscreteModel.from_pretrained("models/discrete-shapes-reader")
     labels = torch.arange(model.num_classes).repeat_interleave(4)
     hit = {}

@@ -125,6 +125,13 @@ def test_genrl_pretrain_meta_trains_then_few_shot_trains_only_the_new_task(tiny_
                    *common)
     error = capsys.readouterr().err.strip()
     assert code != 0 and "init_adapter" in error and len(error.splitlines()) == 1
+    # fine_tune: the meta-trained adapter gains the task and, unlike few-shot, its shared encoder trains too
+    tuned = tmp_path / "tuned"
+    assert run_cli("pretrain", "configs/pretrain/ufc_few_shot_edges.yaml", f"output_dir={tuned}", f"model.init_adapter={meta / 'model'}",
+                   "model.mode=fine_tune", "data.pool_size=null", *common) == 0
+    after = load_file(tuned / "model" / "adapter.safetensors")
+    assert "task_bias.edges" in after
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith(("conv_in", "down_blocks", "stem")))
 
 
 def test_sample_controlled_starts_as_the_base_model_and_leaves_it_untouched(tiny_model_dir):

@@ -10,6 +10,8 @@ prompt empty (all spatial information must come from the adapter).
 - Few-shot (`model.mode: few_shot`): the meta-trained adapter (`model.init_adapter`) gains the new
   `data.tasks[0]`; support and query pairs are drawn from a fixed pool of `data.pool_size` examples (e.g.
   30), and only the new task's biases and the matching module train.
+- Fine-tune (`model.mode: fine_tune`): like few-shot, but every adapter parameter trains; with fresh scenes
+  (no pool) it is the fully supervised upper bound that starts from the meta-trained encoder.
 - From scratch (`model.mode: scratch`): a fresh adapter of the same size trained like few-shot but with
   every parameter free: the baseline that few-shot must beat. With a large pool (or none: fresh scenes)
   the same mode is the fully supervised adapter.
@@ -117,16 +119,16 @@ def load_adapter(directory, base=None) -> tuple[UFCAdapter, object]:
 
 def build_adapter_model(config) -> AdapterModel:
     spec, data = config.model, config.data
-    if spec.mode == "few_shot":
+    if spec.mode in ("few_shot", "fine_tune"):
         if not spec.init_adapter:
-            raise ConfigError("model.mode few_shot needs model.init_adapter (a meta-trained adapter directory)")
+            raise ConfigError(f"model.mode {spec.mode} needs model.init_adapter (a meta-trained adapter directory)")
         if len(data.tasks) != 1:
-            raise ConfigError(f"few-shot training learns one new condition type; data.tasks has {len(data.tasks)}")
+            raise ConfigError(f"{spec.mode} training learns one new condition type; data.tasks has {len(data.tasks)}")
         adapter, base = load_adapter(spec.init_adapter)
         base_path = json.loads((Path(spec.init_adapter) / ADAPTER_CONFIG).read_text())["base_model"]
         adapter.add_task(data.tasks[0])
         adapter.requires_grad_(False)
-        for parameter in adapter.trainable(data.tasks[0], few_shot=True):
+        for parameter in adapter.trainable(data.tasks[0], few_shot=spec.mode == "few_shot"):
             parameter.requires_grad_(True)
     else:
         base_path = spec.base_model
