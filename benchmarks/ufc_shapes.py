@@ -4,13 +4,15 @@
     .venv/bin/python benchmarks/ufc_shapes.py --table
 
 Adapters (trained beforehand by the commands in ADAPTERS, each `genrl pretrain`): UFC meta-trained on
-masks, centre heat maps and boxes, then few-shot trained on 30 edge-map examples; an adapter of the same
-size trained from scratch on the same 30 examples; and one trained from scratch, fully supervised, on
-fresh scenes (many times the examples; see ADAPTERS for the schedules measured). "none" is the base model alone. Per seed, as `genrl eval
-configs/eval/ufc_shapes.yaml` measures it (genrl/evaluation/spatial_control.py): TEST_CONDITIONS edge maps
-of fresh test scenes (seed 50000 + s), the empty prompt, DDIM-20 (eta 0) with noise seeded by s, the
-support set = the first SHOTS examples of the few-shot pool; fidelity = IoU between the requested edge map
-and the one rebuilt from the sample (genrl/guidance/spatial_conditions.py). Results:
+masks, centre heat maps and boxes, then few-shot trained on 30 edge-map examples (and on 5, 10 and 100 for
+the fidelity-vs-shots curve); an adapter of the same size trained from scratch on the same examples; two
+fully supervised adapters on fresh scenes (from scratch, and fine-tuned in full from a meta-trained one).
+"none" is the base model alone. Per seed, as `genrl eval configs/eval/ufc_shapes.yaml` measures it
+(genrl/evaluation/spatial_control.py): TEST_CONDITIONS edge maps of fresh test scenes (seed 50000 + s), the
+empty prompt, DDIM-20 (eta 0) with noise seeded by s, the support set = the first SHOTS examples of the
+few-shot pool (every adapter gets the same); fidelity = IoU between the requested edge map and the one
+rebuilt from the sample (genrl/guidance/spatial_conditions.py). A seed's file is completed with the
+variants whose adapters exist and it lacks. Results:
 benchmarks/results/ufc/, table benchmarks/results/ufc.md, plot benchmarks/results/ufc.png.
 """
 
