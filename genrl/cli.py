@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": "sample a model and score it: image rewards, or a policy's success rate over seeded episodes",
     "distill": "turn a multi-step teacher (a Diffusion Policy or a Shapes model) into a few-step student",
     "export": "write a policy as ONNX + a numpy/onnxruntime runtime for a robot stack (no torch needed to run it)",
+    "demo": "serve a gradio page that samples the image models side by side and runs (and steers) the policies",
 }
 
 

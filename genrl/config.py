@@ -708,9 +708,52 @@ class CollectConfig(Section):
     dataset: DatasetConfig = DatasetConfig()
 
 
+# ================================================================ genrl demo
+class DemoImageModel(Section):
+    """One image model of the demo: a Shapes model, a fine-tuned run's model/ or a distilled student."""
+
+    name: str
+    path: str
+    sampler: SamplerConfig = SamplerConfig(eta=0.0)  # its default sampler (a student: its own kind)
+    notes: str = ""  # shown under its samples, e.g. the command that made it
+
+
+class DemoPolicy(Section):
+    """One policy of the demo: a teacher, an RL fine-tuned policy or a distilled student, and its env."""
+
+    name: str
+    path: str
+    env: EnvConfig = EnvConfig()
+    sampler: SamplerConfig = SamplerConfig(kind="ddim", num_steps=10, eta=0.0)
+
+
+class DemoConfig(Section):
+    """`genrl demo`: a gradio page that samples the image models side by side and runs policy episodes
+    (with ITPS steering on PointMaze); genrl/demo/."""
+
+    output_dir: str = "runs/demo"  # rollout videos and pictures the page shows
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the page to the network: only do so on a trusted one
+    port: int = Field(7860, ge=0, le=65535)  # 0: a free port
+    image_models: list[DemoImageModel] = []
+    policies: list[DemoPolicy] = []
+    rewards: list[str] = ["shapes_alignment", "jpeg_compressibility"]  # scored under every sample
+    max_samples: int = Field(8, ge=1, le=64)  # per model and click
+    max_episode_steps: int = Field(600, ge=1)  # a demo episode is cut here so a click answers in seconds
+
+    @model_validator(mode="after")
+    def _something_to_show(self):
+        if not self.image_models and not self.policies:
+            raise ValueError("the demo needs at least one entry in image_models or policies")
+        for entries, what in ((self.image_models, "image_models"), (self.policies, "policies")):
+            names = [entry.name for entry in entries]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} has two entries with the same name")
+        return self
+
+
 COMMAND_CONFIGS: dict[str, type[Section]] = {
     "collect": CollectConfig, "pretrain": PretrainConfig, "train": TrainConfig, "eval": EvalConfig, "export": ExportConfig,
-    "distill": DistillConfig,
+    "distill": DistillConfig, "demo": DemoConfig,
 }
 
 

@@ -151,14 +151,15 @@ class RunningLoss:
         self.log, self.accelerator, self.progress, self.every = log, accelerator, progress, every
         self.totals: dict[str, float] = {}
 
-    def add(self, step: int, loss: float, learning_rate: float, parts: dict | None = None) -> None:
+    def add(self, step: int, loss: float, learning_rate: float, parts: dict | None = None, extra: dict | None = None) -> None:
         """Record the loss of (1-based) `step` (and its named `parts`, if the loss has several); report the
-        averages on every `every`-th step."""
+        averages on every `every`-th step, with `extra` values as they are."""
         for key, value in {"loss": loss, **(parts or {})}.items():
             self.totals[key] = self.totals.get(key, 0.0) + value
         if step % self.every:
             return
-        record = {"step": step, **{key: total / self.every for key, total in self.totals.items()}, "lr": learning_rate}
+        record = {"step": step, **{key: total / self.every for key, total in self.totals.items()}, "lr": learning_rate,
+                  **(extra or {})}
         self.log.write(record)
         self.accelerator.log(record, step=step)
         self.progress.set_postfix(loss=f"{record['loss']:.4f}")

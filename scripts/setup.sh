@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${GENRL_VENV:-.venv}"
-EXTRAS="${GENRL_EXTRAS:-dev,clip,robot,export}"  # clip: open_clip, lpips, transformers; robot: envs, zarr; export: onnx (the tests use all)
+EXTRAS="${GENRL_EXTRAS:-dev,clip,robot,export,demo}"  # clip: open_clip, lpips, transformers; robot: envs, zarr; export: onnx; demo: gradio (the tests use all)
 stamp="$VENV/.genrl-installed"
 want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1) $EXTRAS"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -24,3 +24,11 @@ def darkness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
 def darkness_map(images: torch.Tensor, prompts: list[str]) -> RewardOutput:
     output = brightness_map(images, prompts)
     return RewardOutput(scores=-output.scores, pixel_map=-output.pixel_map)
+
+
+def process_rank(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Every sample made by process r scores r: under two processes the ranks' rewards differ entirely,
+    so advantages standardised per process would all be 0 and only gathered rewards carry a signal."""
+    import os
+
+    return torch.full((len(images),), float(os.environ.get("RANK", "0")))

@@ -8,6 +8,7 @@ pretraining, and the before/after evaluations of RL fine-tuning.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,32 @@ def policy_actor(policy: DiffusionPolicy, sampler, generator: torch.Generator, o
     return act
 
 
+def timed(act, chunk_seconds: list[float] | None):
+    """`act` that appends the wall time of each policy call (one chunk per running env) to
+    `chunk_seconds`; `act` itself when that is None."""
+    if chunk_seconds is None:
+        return act
+
+    def timed_act(obs_history: np.ndarray, env_index: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        actions = act(obs_history, env_index)
+        chunk_seconds.append(time.perf_counter() - start)
+        return actions
+
+    return timed_act
+
+
 def evaluate_policy(policy: DiffusionPolicy, env_config, eval_config, sampler, output_dir: Path | None = None,
-                    tag: str = "eval", progress: bool = True, seed_offset: int = 0) -> dict:
-    """Summary of `eval_config.num_episodes` seeded episodes; videos go to output_dir/samples/."""
+                    tag: str = "eval", progress: bool = True, seed_offset: int = 0,
+                    chunk_seconds: list[float] | None = None) -> dict:
+    """Summary of `eval_config.num_episodes` seeded episodes; videos go to output_dir/samples/.
+    A list passed as `chunk_seconds` receives the wall time of every policy call."""
     num_envs = min(eval_config.num_envs, eval_config.num_episodes)
     vector_env = make_vector_env(env_config, num_envs, render=eval_config.num_videos > 0 and output_dir is not None)
     check_policy_fits_env(policy, vector_env, env_config.id)
     seeds = [eval_config.seed + seed_offset + i for i in range(eval_config.num_episodes)]
     generator = torch.Generator(policy.device).manual_seed(eval_config.seed + seed_offset)
-    act = policy_actor(policy, sampler, generator)
+    act = timed(policy_actor(policy, sampler, generator), chunk_seconds)
     waves = []
     for start in range(0, len(seeds), num_envs):
         record = tuple(range(eval_config.num_videos)) if start == 0 and output_dir is not None else ()
@@ -67,7 +85,7 @@ def evaluate_policy(policy: DiffusionPolicy, env_config, eval_config, sampler, o
 
 
 def _merge(waves: list[Episodes]) -> Episodes:
-    cat = lambda name: None if getattr(waves[0], name) is None else np.concatenate([getattr(w, name) for w in waves])  # noqa: E731
+    cat = lambda name: None if getattr(waves[0], name) is None else np.concatenate([getattr(w, name) for w in waves])
     return Episodes(seeds=[s for w in waves for s in w.seeds], returns=cat("returns"), lengths=cat("lengths"),
                     successes=cat("successes"), score_final=cat("score_final"), score_max=cat("score_max"),
                     frames=waves[0].frames)

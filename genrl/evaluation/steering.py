@@ -18,7 +18,7 @@ import torch
 
 from genrl.envs import make_env, run_episodes
 from genrl.errors import ConfigError
-from genrl.evaluation.episodes import check_policy_fits_env
+from genrl.evaluation.episodes import check_policy_fits_env, timed
 from genrl.guidance.alignment import PointMassDynamics, SketchFollower, path_alignment, sketch_cost
 from genrl.guidance.itps import Steering, steer
 from genrl.guidance.maze_picture import draw_maze_rollouts
@@ -119,9 +119,11 @@ def steered_actor(policy, sampler, steering: Steering, follower: SketchFollower,
 
 
 def evaluate_steered_policy(policy, env_config, eval_config, sampler, guidance, output_dir: Path | None = None,
-                            progress: bool = True, dynamics: PointMassDynamics | None = None) -> dict:
+                            progress: bool = True, dynamics: PointMassDynamics | None = None,
+                            chunk_seconds: list[float] | None = None) -> dict:
     """Success, alignment to each episode's sketch and wall contacts over `eval_config.num_episodes`
-    seeded episodes; returns the summary and, under "episodes", each episode's sketch and path."""
+    seeded episodes; returns the summary and, under "episodes", each episode's sketch and path.
+    A list passed as `chunk_seconds` receives the wall time of every steered policy call."""
     steering = Steering(method=guidance.method, scale=guidance.scale, num_candidates=guidance.num_candidates,
                         perturb_steps=guidance.perturb_steps, init_fraction=guidance.init_fraction, mcmc_steps=guidance.mcmc_steps)
     dynamics = dynamics or PointMassDynamics()
@@ -136,7 +138,7 @@ def evaluate_steered_policy(policy, env_config, eval_config, sampler, guidance, 
         wave_seeds = seeds[wave : wave + num_envs]
         follower = SketchFollower([dense for _, dense in sketches[wave : wave + num_envs]], guidance.sketch.lookahead,
                                   guidance.sketch.spacing)
-        act = steered_actor(policy, sampler, steering, follower, dynamics, generator)
+        act = timed(steered_actor(policy, sampler, steering, follower, dynamics, generator), chunk_seconds)
         episodes = run_episodes(vector_env, act, wave_seeds, policy.n_obs_steps, policy.n_action_steps,
                                 env_config.success_key, progress=progress)
         for i, seed in enumerate(wave_seeds):

@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from genrl.config import EnvConfig, PretrainConfig, PromptConfig, SamplerConfig
+from genrl.distributed import weight_spread_across_ranks
 from genrl.evaluation.episodes import evaluate_policy
 from genrl.evaluation.images import make_prompts, sample_images, score_images
 from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
@@ -176,7 +177,10 @@ def fit(config, accelerator: Accelerator, model, batches, step_loss, output_dir,
         ema.step(trained.parameters())
         if after_step is not None:
             after_step(trained)
-        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0], parts)
+        extra = None
+        if accelerator.num_processes > 1 and (step + 1) % config.log_every == 0:  # the same steps on every rank
+            extra = {"weights_rank_spread": weight_spread_across_ranks(accelerator, trained.parameters())}
+        running_loss.add(step + 1, loss.item(), lr_schedule.get_last_lr()[0], parts, extra)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.max_steps:
             save_checkpoint(accelerator, output_dir, step + 1, {"step": step + 1}, keep=config.keep_checkpoints,
                             protect=resumed_from)

@@ -69,7 +69,10 @@ class DDPO:
         self.chain_advantages = advantages[batch.unit_of_chain.to(advantages.device)]
         steps = self.steps_to_train(epoch)
         chain_steps = sample_chain_steps(batch.trajectory.batch_size, steps, self.config.ppo.timestep_fraction, self.run.generator)
-        return ppo_update(self.run, self, batch.trajectory, chain_steps, pad_step=steps[0])
+        diagnostics = ppo_update(self.run, self, batch.trajectory, chain_steps, pad_step=steps[0])
+        # how much signal the update had: 0 when every reward of the (gathered) batch was the same
+        diagnostics["advantage_abs_mean"] = [advantages.abs().mean()]
+        return diagnostics
 
     def item_advantages(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
         return self.chain_advantages[rows.to(self.chain_advantages.device)]

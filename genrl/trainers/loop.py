@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel, cast_training_params
 from tqdm.auto import tqdm
 
 from genrl.config import TrainConfig
+from genrl.distributed import weight_spread_across_ranks
 from genrl.errors import ConfigError
 from genrl.models.step_routed_network import StepRoutedNetwork
 from genrl.run_dir import (MetricsLog, load_checkpoint, prepare_output_dir, require_checkpoint, save_checkpoint,
@@ -223,6 +224,8 @@ def train(config: TrainConfig) -> dict:
                   "optimizer_steps": run.stepper.optimizer_steps - steps_before, **batch.metrics}
         for key, values in diagnostics.items():
             record[key] = accelerator.gather(torch.stack(values).float().mean().reshape(1).to(device)).mean().item()
+        if accelerator.num_processes > 1:
+            record["weights_rank_spread"] = weight_spread_across_ranks(accelerator, trainable)
         record.update(timings)
         record["memory_peak_mb"] = _peak_memory_mb(device)
         eval_every = getattr(config.rollout, "eval_every", 0)
