@@ -1,6 +1,6 @@
 """Train the Shapes feature net (genrl/metrics/shapes_features.py) on freshly rendered scenes.
 
-    python -m genrl.metrics.train_shapes_features --output models/shapes-features --steps 1500 --seed 0
+    python scripts/train_shapes_features.py --output models/shapes-features --steps 1500 --seed 0
 
 Every step draws a new batch from the Shapes world (1-3 objects, random backgrounds), so
 the net never sees an image twice; a held-out set from a separate seed stream measures
@@ -90,7 +90,7 @@ def train(output: str, steps: int, seed: int, batch_size: int = 128, lr: float =
         "threads": threads,
         "train_seconds": round(seconds, 1),
         "num_objects": list(NUM_OBJECTS),
-        "command": "python -m genrl.metrics.train_shapes_features " + " ".join(sys.argv[1:]),
+        "command": "python scripts/train_shapes_features.py " + " ".join(sys.argv[1:]),
     }
     net.save(output)
     with open(f"{output}/eval.json", "w") as handle:

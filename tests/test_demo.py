@@ -19,7 +19,8 @@ from genrl.config import load_config
 from genrl.demo.backend import MAZE_SIZE, DemoBackend
 from genrl.errors import CheckpointError, ConfigError
 
-MAZE_ENV = {"id": "PointMaze_Medium-v3", "kwargs": {"continuing_task": False}, "obs_keys": ["observation", "desired_goal"]}
+MAZE_ENV = {"id": "PointMaze_Medium-v3", "kwargs": {"continuing_task": False}, "obs_keys": ["observation", "desired_goal"],
+            "render_kwargs": {"width": 240, "height": 240}}
 
 
 def demo_config(tmp_path, **extra):
@@ -130,10 +131,11 @@ def _free_port() -> int:
 
 
 def test_the_page_in_a_real_browser(tmp_path):
-    if os.environ.get("CI"):
-        from playwright.sync_api import sync_playwright  # CI installs it (the dev extra): an ImportError fails
-    else:
-        sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    if not os.environ.get("CI"):
+        pytest.importorskip("playwright.sync_api")
+    # in CI (the dev extra installs it) an ImportError fails the test
+    from playwright.sync_api import TimeoutError as playwright_timeout
+    from playwright.sync_api import sync_playwright
     browser_path = _chromium()
     if browser_path is None:
         if os.environ.get("CI"):
@@ -209,7 +211,7 @@ def test_the_page_in_a_real_browser(tmp_path):
             try:
                 page.wait_for_function("document.querySelector('#episode-status')?.innerText.includes('distance to the sketch')",
                                        timeout=180_000)
-            except Exception:
+            except playwright_timeout:
                 page.screenshot(path=str(shots / "failure.png"), full_page=True)
                 raise AssertionError(page.locator("#episode-status").inner_text()) from None
             assert page.locator("#steered-picture img").get_attribute("src")

@@ -51,8 +51,8 @@ class EpisodeResult:
     @property
     def text(self) -> str:
         lines = [f"**{'success' if self.success else 'no success'}** after {self.length} steps",
-                 f"latency per chunk: {self.chunk_ms_median:.1f} ms median, {self.chunk_ms_p95:.1f} ms p95 "
-                 f"over {self.num_chunks} calls"]
+                 (f"latency per chunk: {self.chunk_ms_median:.1f} ms median, {self.chunk_ms_p95:.1f} ms p95 "
+                  f"over {self.num_chunks} calls")]
         lines += [f"{key}: {value:.3f}" for key, value in self.extra.items()]
         return "  \n".join(lines)
 
@@ -65,26 +65,34 @@ class DemoBackend:
         self._policies: dict[str, object] = {}
         self._runs = 0
 
+    @staticmethod
+    def _entry(entries, name: str, what: str):
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        raise ConfigError(f"no {what} named {name!r} in the demo config")
+
+    @staticmethod
+    def _loaded(cache: dict, entry, load):
+        """The entry's model, loaded on first use: a missing directory is an error of that model only."""
+        if entry.name not in cache:
+            if not Path(entry.path).is_dir():
+                raise CheckpointError(f"model directory {entry.path} ({entry.name}) does not exist: train or distill it "
+                                      "first, or fix its path in the demo config")
+            cache[entry.name] = load(entry.path).eval()
+        return cache[entry.name]
+
     # ------------------------------------------------------------ images
     def image_model_names(self) -> list[str]:
         return [entry.name for entry in self.config.image_models]
 
     def _image_entry(self, name: str):
-        for entry in self.config.image_models:
-            if entry.name == name:
-                return entry
-        raise ConfigError(f"no image model named {name!r} in the demo config")
+        return self._entry(self.config.image_models, name, "image model")
 
     def _image_model(self, name: str):
         from genrl.models.loading import load_model
 
-        if name not in self._image_models:
-            entry = self._image_entry(name)
-            if not Path(entry.path).is_dir():
-                raise CheckpointError(f"model directory {entry.path} ({name}) does not exist: train or distill it first, "
-                                      "or fix its path in the demo config")
-            self._image_models[name] = load_model(entry.path).eval()
-        return self._image_models[name]
+        return self._loaded(self._image_models, self._image_entry(name), load_model)
 
     def sampler_for(self, name: str, kind: str | None = None, num_steps: int | None = None, guidance_scale: float | None = None):
         """The model's configured sampler with the page's choices applied (None keeps the configured value)."""
@@ -130,21 +138,12 @@ class DemoBackend:
         return [entry.name for entry in self.config.policies]
 
     def _policy_entry(self, name: str):
-        for entry in self.config.policies:
-            if entry.name == name:
-                return entry
-        raise ConfigError(f"no policy named {name!r} in the demo config")
+        return self._entry(self.config.policies, name, "policy")
 
     def _policy(self, name: str):
         from genrl.policies.diffusion.modeling_diffusion import DiffusionPolicy
 
-        if name not in self._policies:
-            entry = self._policy_entry(name)
-            if not Path(entry.path).is_dir():
-                raise CheckpointError(f"policy directory {entry.path} ({name}) does not exist: train or distill it first, "
-                                      "or fix its path in the demo config")
-            self._policies[name] = DiffusionPolicy.from_pretrained(entry.path).eval()
-        return self._policies[name]
+        return self._loaded(self._policies, self._policy_entry(name), DiffusionPolicy.from_pretrained)
 
     def is_maze(self, name: str) -> bool:
         return self._policy_entry(name).env.id.startswith("PointMaze")

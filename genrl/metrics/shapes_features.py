@@ -4,7 +4,7 @@ A Frechet distance needs a feature space in which "looks like real data" is meas
 ImageNet Inception features know nothing about 32x32 coloured shapes on grey textures. This
 net is trained to say, for each of the 9 grid cells, which colour and which shape sit there
 (or that the cell is empty), so its 64-d features encode exactly the content that defines
-the Shapes distribution. Train it with `python -m genrl.metrics.train_shapes_features`.
+the Shapes distribution. Train it with `python scripts/train_shapes_features.py`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def load_shapes_features(path: str | Path = DEFAULT_PATH, device: str | torch.de
     directory = Path(path)
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
         raise ConfigError(f"no Shapes feature net at {directory} (needs config.json and model.safetensors; "
-                          "train one with `python -m genrl.metrics.train_shapes_features`)")
+                          "train one with `python scripts/train_shapes_features.py`)")
     try:
         net = ShapesFeatureNet(**json.loads((directory / "config.json").read_text()))
         net.load_state_dict(load_file(directory / "model.safetensors"))

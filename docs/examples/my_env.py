@@ -1,0 +1,34 @@
+"""A user's own environment for genrl: a point that must reach a target in the unit square.
+
+genrl takes any gymnasium env with a flat Box observation (or a dict observation and `env.obs_keys`)
+and a Box action space. Importing this module registers `Reach-v0`; genrl's configs name it
+`my_env:Reach-v0` (gymnasium imports `my_env` first), with this folder on PYTHONPATH.
+"""
+
+import gymnasium as gym
+import numpy as np
+
+
+class Reach(gym.Env):
+    """Observation [x, y, target_x, target_y]; action a velocity in [-1, 1]^2 (0.05 per step);
+    success once the point is within 0.05 of the target."""
+
+    def __init__(self):
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.point, self.target = self.np_random.uniform(-0.8, 0.8, size=(2, 2))
+        return self._observation(), {"success": False}
+
+    def step(self, action):
+        self.point = np.clip(self.point + 0.05 * np.clip(action, -1.0, 1.0), -1.0, 1.0)
+        success = bool(np.linalg.norm(self.point - self.target) < 0.05)
+        return self._observation(), float(success), success, False, {"success": success}
+
+    def _observation(self):
+        return np.concatenate([self.point, self.target]).astype(np.float32)
+
+
+gym.register(id="Reach-v0", entry_point=Reach, max_episode_steps=100)
