@@ -715,7 +715,7 @@ class DemoImageModel(Section):
     name: str
     path: str
     sampler: SamplerConfig = SamplerConfig(eta=0.0)  # its default sampler (a student: its own kind)
-    notes: str = ""  # shown under its samples, e.g. the command that made it
+    notes: str = ""  # shown on the page, e.g. the command that made it
 
 
 class DemoPolicy(Section):

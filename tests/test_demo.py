@@ -120,6 +120,37 @@ def test_the_demo_command_rejects_a_config_with_nothing_to_show(tmp_path, capsys
     assert load_config("demo", "configs/demo/shipped_models.yaml").host == "127.0.0.1"
 
 
+def test_genrl_demo_serves_the_page_on_localhost_until_interrupted(tmp_path):
+    """The command a user runs: it binds 127.0.0.1, saves its resolved config, serves the page, and
+    stops cleanly on Ctrl+C."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "genrl", "demo", "configs/demo/shipped_models.yaml", f"port={port}",
+                                f"output_dir={tmp_path / 'demo'}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    try:
+        deadline, lines = time.time() + 120, []
+        while time.time() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if line.startswith("genrl demo on "):
+                break
+            assert process.poll() is None, "".join(lines)[-3000:]
+        url = line.split()[3]
+        assert url == f"http://127.0.0.1:{port}/"
+        assert "genrl demo" in urllib.request.urlopen(url, timeout=30).read().decode()
+        assert (tmp_path / "demo" / "config.yaml").is_file()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output[-3000:]
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

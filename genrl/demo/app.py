@@ -56,6 +56,9 @@ def build_demo(backend: DemoBackend):
                 guidance = gr.Number(1.0, label="guidance scale (1 = off)", elem_id="guidance-scale")
                 seed = gr.Number(0, precision=0, label="seed", elem_id="image-seed")
                 count = gr.Slider(1, config.max_samples, value=min(4, config.max_samples), step=1, label="samples per model")
+            notes = [f"- **{entry.name}**: {entry.notes}" for entry in config.image_models if entry.notes]
+            if notes:
+                gr.Markdown("\n".join(["How the models were made:", *notes]))
             generate = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="samples", columns=4, height="auto", object_fit="contain", elem_id="samples")
             image_status = gr.Markdown(elem_id="image-status")
@@ -64,7 +67,8 @@ def build_demo(backend: DemoBackend):
             def on_generate(models, prompt, sampler_kind, steps, use_default_steps, guidance, seed, count):
                 kind = None if sampler_kind == "model's own" else sampler_kind
                 samples = backend.sample(list(models or []), prompt or "", int(seed or 0), int(count), kind=kind,
-                                         num_steps=None if use_default_steps else int(steps), guidance_scale=float(guidance))
+                                         num_steps=None if use_default_steps else int(steps),
+                                         guidance_scale=1.0 if guidance is None else float(guidance))
                 return [(s.image, s.caption) for s in samples], f"{len(samples)} samples, seed {int(seed or 0)}"
 
             generate.click(on_generate, [models, prompt, sampler_kind, steps, use_default_steps, guidance, seed, count],
@@ -104,7 +108,7 @@ def build_demo(backend: DemoBackend):
 
             @_shown_errors(3)
             def on_run(name, seed, points, method, scale):
-                result = backend.run_episode(name, int(seed or 0), points or None, method, float(scale))
+                result = backend.run_episode(name, int(seed or 0), points or None, method, 1000.0 if scale is None else float(scale))
                 video_path = str(result.video) if result.video else None
                 picture_path = str(result.picture) if result.picture else None
                 return video_path, picture_path, result.text
