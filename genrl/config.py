@@ -733,7 +733,7 @@ class DemoConfig(Section):
 
     output_dir: str = "runs/demo"  # rollout videos and pictures the page shows
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the page to the network: only do so on a trusted one
-    port: int = Field(7860, ge=0, le=65535)  # 0: a free port
+    port: int = Field(7860, ge=0, le=65535)  # 0: gradio picks the first free port from 7860
     image_models: list[DemoImageModel] = []
     policies: list[DemoPolicy] = []
     rewards: list[str] = ["shapes_alignment", "jpeg_compressibility"]  # scored under every sample

@@ -85,7 +85,7 @@ def evaluate_policy(policy: DiffusionPolicy, env_config, eval_config, sampler, o
 
 
 def _merge(waves: list[Episodes]) -> Episodes:
-    cat = lambda name: None if getattr(waves[0], name) is None else np.concatenate([getattr(w, name) for w in waves])
+    cat = lambda name: None if getattr(waves[0], name) is None else np.concatenate([getattr(w, name) for w in waves])  # noqa: E731
     return Episodes(seeds=[s for w in waves for s in w.seeds], returns=cat("returns"), lengths=cat("lengths"),
                     successes=cat("successes"), score_final=cat("score_final"), score_max=cat("score_max"),
                     frames=waves[0].frames)
