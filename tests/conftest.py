@@ -5,7 +5,8 @@ import torch
 from accelerate.state import AcceleratorState
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-torch.set_num_threads(2)
+# Under pytest-xdist (scripts/test.sh runs two workers) each worker gets one of the two cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import run_cli
 
 from genrl.config import load_config
@@ -174,7 +173,6 @@ def test_the_page_in_a_real_browser(tmp_path):
         pytest.skip("no chromium on this machine (apt-get install chromium)")
     from genrl.demo.app import launch
 
-    torch.set_num_threads(2)
     backend = DemoBackend(demo_config(tmp_path, port=_free_port()))
     demo, url = launch(backend)
     shots = tmp_path / "screenshots"
