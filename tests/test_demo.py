@@ -110,6 +110,8 @@ def test_an_episode_reports_success_latency_and_a_video_and_steering_follows_the
     assert "distance to the sketch" in steered.text
     with pytest.raises(ConfigError, match="unknown steering method"):
         backend.run_episode("maze teacher", 3, sketch=free_cells_path(backend), method="magic")
+    with pytest.raises(ConfigError, match="steering: .*scale"):
+        backend.run_episode("maze teacher", 3, sketch=free_cells_path(backend), scale=float("nan"))
 
 
 def test_the_demo_command_rejects_a_config_with_nothing_to_show(tmp_path, capsys):

@@ -10,20 +10,22 @@ the page shows (genrl/demo/app.py).
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import torch
 from PIL import Image, ImageDraw
 
-from genrl.config import DemoConfig, EpisodeEvalConfig, ITPSGuidance, SketchConfig
+from genrl.config import DemoConfig, EpisodeEvalConfig, ITPSGuidance, SketchConfig, _first_error
 from genrl.errors import CheckpointError, ConfigError
 from rewards import compute_reward
 
 DISPLAY_SIZE = 256  # samples are shown at this many pixels a side (the Shapes models make 32 x 32)
 MAZE_SIZE = 480  # pixels a side of the maze the user clicks a sketch on
-STEERING_METHODS = ["unsteered", "output_perturbation", "post_hoc_ranking", "biased_init", "guided", "stochastic"]
+STEERING_METHODS = list(typing.get_args(ITPSGuidance.model_fields["method"].annotation))  # the six ITPS samplers
 
 
 @dataclass
@@ -205,7 +207,10 @@ class DemoBackend:
                 raise ConfigError(f"{name} does not run in a PointMaze env: sketches steer PointMaze policies only")
             if method not in STEERING_METHODS:
                 raise ConfigError(f"unknown steering method {method!r}; choose one of {', '.join(STEERING_METHODS)}")
-            guidance = ITPSGuidance(method=method, scale=scale, sketch=SketchConfig(kind="points", points=list(sketch)))
+            try:  # a negative or NaN scale: the config's own one-line message, not a traceback in the page
+                guidance = ITPSGuidance(method=method, scale=scale, sketch=SketchConfig(kind="points", points=list(sketch)))
+            except pydantic.ValidationError as error:
+                raise ConfigError(f"steering: {_first_error(error)}") from None
             episodes = EpisodeEvalConfig(num_episodes=1, num_envs=1, seed=int(seed), num_videos=0)
             summary = evaluate_steered_policy(policy, env, episodes, sampler, guidance, output_dir, progress=False,
                                               chunk_seconds=chunk_seconds)
